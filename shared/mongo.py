@@ -1,0 +1,39 @@
+"""MongoDB wiring with PyMongo's async API: one client per service, its own database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from shared.settings import MongoSettings
+
+Document = dict[str, Any]
+DUPLICATE_KEY = 11000
+
+
+def connect(settings: MongoSettings) -> AsyncMongoClient[Document]:
+    return AsyncMongoClient(
+        settings.url.get_secret_value(),
+        serverSelectionTimeoutMS=settings.timeout_ms,
+        connectTimeoutMS=settings.timeout_ms,
+        tz_aware=True,
+    )
+
+
+async def ping(db: AsyncDatabase[Document]) -> bool:
+    try:
+        await db.command("ping")
+    except PyMongoError:
+        return False
+    return True
+
+
+def only_duplicates(error: BulkWriteError) -> bool:
+    """Whether a bulk insert failed only on documents that already exist."""
+    return all(e.get("code") == DUPLICATE_KEY for e in error.details.get("writeErrors", []))
+
+
+__all__ = ["DUPLICATE_KEY", "AsyncDatabase", "Document", "DuplicateKeyError", "connect", "ping"]

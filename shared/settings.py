@@ -1,0 +1,87 @@
+"""Settings building blocks: frozen, explicit, read from ``SWITCHBOARD_*`` variables.
+
+Nothing reads the environment at import: a service's Settings object is built once
+at start-up (or in a test, by hand) and passed to ``create_app(settings)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.topics import Topics
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, frozen=True, extra="ignore")
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka. Idempotence needs InitProducerId, which the embedded broker lacks."""
+
+    model_config = _config("SWITCHBOARD_KAFKA_")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    group_prefix: str = ""
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    idempotence: bool = False
+    # Short sessions keep a group's join fast; the embedded broker waits half of it.
+    session_timeout_s: float = Field(default=6.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=500, ge=1)
+    batch_within_s: float = Field(default=0.05, gt=0)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def group_id(self, service: str) -> str:
+        return f"{self.group_prefix}switchboard-{service}"
+
+
+class MongoSettings(BaseSettings):
+    model_config = _config("SWITCHBOARD_MONGO_")
+
+    url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    database_prefix: str = "switchboard_"
+    timeout_ms: int = Field(default=5_000, ge=100)
+
+    def database(self, service: str) -> str:
+        return f"{self.database_prefix}{service}"
+
+
+class LogSettings(BaseSettings):
+    model_config = _config("SWITCHBOARD_LOG_")
+
+    level: str = "INFO"
+    json_output: bool | None = None  # None: JSON unless writing to a terminal
+
+
+class AuthSettings(BaseSettings):
+    model_config = _config("SWITCHBOARD_AUTH_")
+
+    # Bearer token for the management APIs; empty means they refuse every call.
+    admin_token: SecretStr = SecretStr("")
+
+
+class ServiceSettings(BaseSettings):
+    """What every service has: where it listens, auth, Kafka, Mongo and logs.
+
+    Each service's own Settings subclass sets its env prefix (``SWITCHBOARD_INGEST_``
+    and so on) and its default port.
+    """
+
+    model_config = _config("SWITCHBOARD_SERVICE_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Scratch space for the stream processor (no state of record lives here).
+    data_dir: Path = Path(".switchboard/run")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    mongo: MongoSettings = Field(default_factory=MongoSettings)
+    log: LogSettings = Field(default_factory=LogSettings)

@@ -1,0 +1,48 @@
+"""Every Kafka topic name Switchboard uses, in one place.
+
+A deployment may set a prefix (``SWITCHBOARD_KAFKA_TOPIC_PREFIX``) so that several
+environments, or several test runs, share one cluster without sharing topics.
+"""
+
+from dataclasses import dataclass
+
+INTERACTIONS_RECEIVED = "switchboard.interactions.received.v1"
+INTERACTIONS_ENRICHED = "switchboard.interactions.enriched.v1"
+ASSIGNMENTS = "switchboard.assignments.v1"
+ESCALATIONS = "switchboard.escalations.v1"
+DELIVERIES_DEAD = "switchboard.deliveries.dead.v1"
+
+ALL = (INTERACTIONS_RECEIVED, INTERACTIONS_ENRICHED, ASSIGNMENTS, ESCALATIONS, DELIVERIES_DEAD)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names as one deployment sees them (its prefix applied)."""
+
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def received(self) -> str:
+        return self.name(INTERACTIONS_RECEIVED)
+
+    @property
+    def enriched(self) -> str:
+        return self.name(INTERACTIONS_ENRICHED)
+
+    @property
+    def assignments(self) -> str:
+        return self.name(ASSIGNMENTS)
+
+    @property
+    def escalations(self) -> str:
+        return self.name(ESCALATIONS)
+
+    @property
+    def deliveries_dead(self) -> str:
+        return self.name(DELIVERIES_DEAD)
+
+    def all(self) -> list[str]:
+        return [self.name(base) for base in ALL]

@@ -1,0 +1,37 @@
+"""One embedded broker and store for the whole test session, on free ports.
+
+Each test gets its own topics, consumer groups and databases (a fresh namespace),
+so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.embedded import EmbeddedStack, free_port
+from tests.support import unique
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    embedded = EmbeddedStack(
+        data_dir=tmp_path_factory.mktemp("switchboard"),
+        broker_port=free_port(),
+        store_port=free_port(),
+    )
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return unique()
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

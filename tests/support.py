@@ -1,0 +1,113 @@
+"""Helpers for tests on the real embedded broker and store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
+from pydantic import BaseModel, SecretStr
+
+from shared.events import CloudEvent, decode
+from shared.http import Server
+from shared.settings import AuthSettings, KafkaSettings, MongoSettings
+
+ADMIN_TOKEN = "test-admin-token"
+T = TypeVar("T")
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def kafka_settings(bootstrap_servers: str, namespace: str) -> KafkaSettings:
+    """Fresh topics and consumer groups for one test, with short group sessions."""
+    return KafkaSettings(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=f"{namespace}.",
+        group_prefix=f"{namespace}.",
+        partitions=3,
+        session_timeout_s=2.0,
+        heartbeat_interval_s=0.5,
+        batch_within_s=0.02,
+    )
+
+
+def mongo_settings(url: str, namespace: str) -> MongoSettings:
+    """A fresh database per service for one test."""
+    return MongoSettings(url=SecretStr(url), database_prefix=f"{namespace}_")
+
+
+def auth_settings() -> AuthSettings:
+    return AuthSettings(admin_token=SecretStr(ADMIN_TOKEN))
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Serve ``app`` over real HTTP on a free port; yields its base URL."""
+    server = Server(app, "127.0.0.1", 0)
+    url = await server.start()
+    try:
+        yield url
+    finally:
+        await server.stop()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0, interval_s: float = 0.1
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(interval_s)
+
+
+async def read_topic(
+    settings: KafkaSettings,
+    topic: str,
+    data_model: type[DataT],
+    expect: int,
+    timeout_s: float = 30.0,
+    settle_s: float = 0.0,
+) -> list[tuple[bytes, CloudEvent[DataT]]]:
+    """Every event on ``topic`` from its start: waits for ``expect``, then ``settle_s`` more
+    so that an unexpected extra event would be seen too."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen: list[tuple[bytes, CloudEvent[DataT]]] = []
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    event = decode(list(record.headers), record.value or b"", data_model)
+                    seen.append((record.key or b"", event))
+            if len(seen) >= expect and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+        return seen
+    finally:
+        await consumer.stop()

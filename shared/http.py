@@ -108,8 +108,7 @@ class Server:
         self._task = asyncio.create_task(self.server.serve())
         while not self.server.started:
             if self._task.done():
-                self._task.result()
-                raise RuntimeError("server stopped while starting")
+                raise RuntimeError("server failed to start (see the log above)")
             await asyncio.sleep(0.02)
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"

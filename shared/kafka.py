@@ -18,7 +18,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from shared.events import CloudEvent, DataT, UndecodableEvent, decode
 from shared.logging import get_logger
+from shared.metrics import ServiceMetrics
 from shared.settings import KafkaSettings, ServiceSettings
 
 log = get_logger(__name__)
@@ -66,11 +68,13 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
 def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:
     """A Faust app for one service: consumer group per service, no web server of its own."""
     kafka = settings.kafka
+    datadir = settings.data_dir / f"faust-{service}"
+    datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         kafka.group_id(service),
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         store="memory://",
-        datadir=str(settings.data_dir / f"faust-{service}"),
+        datadir=str(datadir),
         web_enabled=False,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
@@ -133,3 +137,27 @@ async def _until_stored(handler: BatchHandler, batch: Sequence[RawEvent], name: 
             log.exception("batch failed, retrying", consumer=name, size=len(batch), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def decode_batch(
+    batch: Sequence[RawEvent], data_model: type[DataT], metrics: ServiceMetrics
+) -> list[CloudEvent[DataT]]:
+    """The batch's events; a record that is not a valid event is logged, counted and skipped
+    (retrying cannot make it valid, and it must not hold up the partition)."""
+    events = []
+    for raw in batch:
+        try:
+            event = decode(raw.headers, raw.value, data_model)
+        except UndecodableEvent as exc:
+            metrics.events_failed.labels(reason="undecodable").inc()
+            log.error(
+                "undecodable event skipped",
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+                error=str(exc)[:500],
+            )
+            continue
+        metrics.events_in.labels(type=event.type).inc()
+        events.append(event)
+    return events

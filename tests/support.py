@@ -7,13 +7,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 from pydantic import BaseModel, SecretStr
 
-from shared.events import CloudEvent, decode
+from shared.events import CloudEvent, decode, encode
 from shared.http import Server
 from shared.settings import AuthSettings, KafkaSettings, MongoSettings
 
@@ -111,3 +111,19 @@ async def read_topic(
         return seen
     finally:
         await consumer.stop()
+
+
+async def publish(
+    settings: KafkaSettings, topic: str, items: list[tuple[str, CloudEvent[Any]]]
+) -> None:
+    """Produce ``(key, event)`` pairs to ``topic`` as a service's relay would."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for key, event in items:
+            record = encode(event, key)
+            await producer.send_and_wait(
+                topic, record.value, key=record.key, headers=record.headers
+            )
+    finally:
+        await producer.stop()

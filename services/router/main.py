@@ -1,0 +1,21 @@
+"""Builds the router service: ``create_app(settings)``."""
+
+from fastapi import FastAPI
+
+from services.router import api, stream
+from services.router.config import RouterSettings
+from services.router.repository import RouterRepository
+from services.router.service import RouterService
+from shared.app import Runtime, service_app
+
+
+def create_app(settings: RouterSettings) -> FastAPI:
+    runtime = Runtime.create("router", settings)
+    repository = RouterRepository(runtime.db)
+    service = RouterService(repository, runtime.outbox, settings.kafka.topics)
+    runtime.consume(
+        settings.kafka.topics.enriched, stream.enriched_handler(service, runtime.metrics)
+    )
+    app = service_app(runtime, [api.router], startup=[repository.ensure_indexes])
+    app.state.service = service
+    return app

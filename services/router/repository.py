@@ -1,0 +1,83 @@
+"""Router's collections: agents (with their free capacity) and items (one per interaction).
+
+Every change that two router replicas could race on is one conditional update, so
+an agent never goes over capacity and an item is never offered twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.mongo import Document
+
+
+class RouterRepository:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.agents = db["agents"]
+        self.items = db["items"]
+
+    async def ensure_indexes(self) -> None:
+        await self.items.create_index(
+            [("state", ASCENDING), ("priority", ASCENDING), ("enqueued_at", ASCENDING)]
+        )
+        await self.agents.create_index([("presence", ASCENDING), ("free", DESCENDING)])
+
+    async def insert_agent(self, agent: Document) -> None:
+        await self.agents.insert_one(agent)
+
+    async def find_agent(self, agent_id: str) -> Document | None:
+        return await self.agents.find_one({"_id": agent_id})
+
+    async def set_presence(self, agent_id: str, presence: str) -> Document | None:
+        return await self.agents.find_one_and_update(
+            {"_id": agent_id},
+            {"$set": {"presence": presence}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def reserve_agent(self, at: datetime) -> Document | None:
+        """Take one unit of capacity from the best online agent: most free, then longest idle."""
+        return await self.agents.find_one_and_update(
+            {"presence": "online", "free": {"$gt": 0}},
+            {"$inc": {"free": -1, "load": 1}, "$set": {"last_offer_at": at}},
+            sort=[("free", DESCENDING), ("last_offer_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def release_agent(self, agent_id: str) -> None:
+        await self.agents.update_one({"_id": agent_id}, {"$inc": {"free": 1, "load": -1}})
+
+    async def insert_item(self, item: Document) -> bool:
+        """False when the item is already stored (a redelivered event)."""
+        try:
+            await self.items.insert_one(item)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def find_item(self, item_id: str) -> Document | None:
+        return await self.items.find_one({"_id": item_id})
+
+    async def offer_item(self, item_id: str, agent_id: str, at: datetime) -> Document | None:
+        """Move a queued item to ``agent_id``; None if it is no longer queued."""
+        return await self.items.find_one_and_update(
+            {"_id": item_id, "state": "queued"},
+            {
+                "$set": {"state": "offered", "agent_id": agent_id, "offered_at": at},
+                "$inc": {"offer": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def queued_items(self, limit: int) -> list[Document]:
+        """Waiting items, most urgent first: priority, then age."""
+        cursor = (
+            self.items.find({"state": "queued"})
+            .sort([("priority", ASCENDING), ("enqueued_at", ASCENDING)])
+            .limit(limit)
+        )
+        return await cursor.to_list(length=limit)

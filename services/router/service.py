@@ -1,0 +1,209 @@
+"""Router's domain: decide queue and priority for each enriched interaction, then offer
+it to the best available agent. Every change of an assignment is an event."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.router.repository import RouterRepository
+from shared.events import (
+    Assignment,
+    AssignmentStatus,
+    CloudEvent,
+    EnrichedInteraction,
+    SentimentLabel,
+    assignment_type,
+    derived_event_id,
+    utcnow,
+)
+from shared.mongo import Document
+from shared.outbox import Outbox
+from shared.topics import Topics
+
+SOURCE = "/switchboard/router"
+Presence = Literal["online", "away", "offline"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A condition over the enriched event and where matching work goes."""
+
+    name: str
+    queue: str
+    priority: int
+    tiers: frozenset[str] | None = None
+    sentiments: frozenset[SentimentLabel] | None = None
+    min_influence: float | None = None
+
+    def matches(self, item: EnrichedInteraction) -> bool:
+        return (
+            (self.tiers is None or item.customer.tier in self.tiers)
+            and (self.sentiments is None or item.sentiment.label in self.sentiments)
+            and (self.min_influence is None or item.influence >= self.min_influence)
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    rule: str
+    queue: str
+    priority: int
+
+
+VALUED = frozenset({"platinum", "gold"})
+NEGATIVE: frozenset[SentimentLabel] = frozenset({"negative"})
+
+# Ordered; first match wins. The vocal and the valuable are seen first.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("valued-and-unhappy", "priority", 1, tiers=VALUED, sentiments=NEGATIVE),
+    Rule("loud-and-unhappy", "priority", 2, sentiments=NEGATIVE, min_influence=7.0),
+    Rule("valued", "priority", 2, tiers=VALUED),
+    Rule("unhappy", "care", 3, sentiments=NEGATIVE),
+)
+DEFAULT_DECISION = Decision("default", "general", 4)
+
+
+def route(item: EnrichedInteraction, rules: Sequence[Rule] = DEFAULT_RULES) -> Decision:
+    for rule in rules:
+        if rule.matches(item):
+            return Decision(rule.name, rule.queue, rule.priority)
+    return DEFAULT_DECISION
+
+
+class AgentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    skills: list[str] = Field(default_factory=list, max_length=64)
+    capacity: int = Field(default=3, ge=1, le=100)
+    presence: Presence = "offline"
+
+
+class PresenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    presence: Presence
+
+
+def new_item(enriched: EnrichedInteraction, decision: Decision) -> Document:
+    interaction = enriched.interaction
+    return {
+        "_id": interaction.id,
+        "state": "queued",
+        "queue": decision.queue,
+        "priority": decision.priority,
+        "rule": decision.rule,
+        "offer": 0,
+        "agent_id": None,
+        "enqueued_at": utcnow(),
+        "customer": enriched.customer.model_dump(mode="json"),
+        "sentiment": enriched.sentiment.label,
+        "channel": interaction.channel.value,
+        "author_handle": interaction.author.handle,
+        "text": interaction.text,
+        "url": str(interaction.url) if interaction.url else None,
+    }
+
+
+def offered_event(item: Document) -> CloudEvent[Assignment]:
+    """The offer an item's stored state describes; the same event however often it is built."""
+    assignment = Assignment(
+        interaction_id=item["_id"],
+        status=AssignmentStatus.OFFERED,
+        queue=item["queue"],
+        priority=item["priority"],
+        rule=item["rule"],
+        agent_id=item["agent_id"],
+        offer=item["offer"],
+        customer=item["customer"],
+        sentiment=item["sentiment"],
+        channel=item["channel"],
+        author_handle=item["author_handle"],
+        text=item["text"],
+        url=item["url"],
+        enqueued_at=item["enqueued_at"],
+    )
+    return CloudEvent[Assignment](
+        id=derived_event_id(item["_id"], "offered", str(item["offer"])),
+        source=SOURCE,
+        type=assignment_type(AssignmentStatus.OFFERED),
+        subject=item["_id"],
+        data=assignment,
+    )
+
+
+class RouterService:
+    def __init__(self, repository: RouterRepository, outbox: Outbox, topics: Topics) -> None:
+        self.repository = repository
+        self.outbox = outbox
+        self.topics = topics
+
+    async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
+        """One at a time, in order: each item's offer depends on the ones before it."""
+        for event in events:
+            await self.accept_item(event.data)
+
+    async def accept_item(self, enriched: EnrichedInteraction) -> None:
+        item = new_item(enriched, route(enriched))
+        if not await self.repository.insert_item(item):
+            stored = await self.repository.find_item(item["_id"])
+            if stored is None:
+                return
+            item = stored
+        if item["state"] == "queued":
+            await self.offer(item)
+        elif item["state"] == "offered":
+            # Redelivered after the offer was stored: make sure its event is too.
+            await self.publish_offer(item)
+
+    async def offer(self, item: Document) -> bool:
+        """Offer a queued item to the best available agent; False if nobody can take it."""
+        agent = await self.repository.reserve_agent(utcnow())
+        if agent is None:
+            return False
+        offered = await self.repository.offer_item(item["_id"], agent["_id"], utcnow())
+        if offered is None:  # another replica got there first
+            await self.repository.release_agent(agent["_id"])
+            return True
+        await self.publish_offer(offered)
+        return True
+
+    async def publish_offer(self, item: Document) -> None:
+        await self.outbox.add([(self.topics.assignments, item["_id"], offered_event(item))])
+
+    async def drain(self, limit: int = 100) -> None:
+        """Offer waiting work, most urgent first, while agents have room."""
+        for item in await self.repository.queued_items(limit):
+            if not await self.offer(item):
+                return
+
+    async def register_agent(self, payload: AgentIn) -> Document:
+        agent = {
+            "_id": str(uuid.uuid4()),
+            **payload.model_dump(),
+            "load": 0,
+            "free": payload.capacity,
+            "last_offer_at": None,
+            "created_at": utcnow(),
+        }
+        await self.repository.insert_agent(agent)
+        if payload.presence == "online":
+            await self.drain()
+        return agent
+
+    async def set_presence(self, agent_id: str, presence: Presence) -> Document | None:
+        agent = await self.repository.set_presence(agent_id, presence)
+        if agent is not None and presence == "online":
+            await self.drain()
+        return agent
+
+    async def get_agent(self, agent_id: str) -> Document | None:
+        return await self.repository.find_agent(agent_id)
+
+    async def get_item(self, item_id: str) -> Document | None:
+        return await self.repository.find_item(item_id)

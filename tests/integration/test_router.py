@@ -1,0 +1,176 @@
+"""Router against the real embedded broker and store: rules, capacity, priority, idempotence."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.router.config import RouterSettings
+from services.router.main import create_app
+from shared.embedded import EmbeddedStack
+from shared.events import (
+    INTERACTION_ENRICHED,
+    Assignment,
+    CloudEvent,
+    EnrichedInteraction,
+    utcnow,
+)
+from tests.support import (
+    admin_headers,
+    auth_settings,
+    eventually,
+    kafka_settings,
+    mongo_settings,
+    publish,
+    read_topic,
+    serving,
+)
+
+
+@dataclass
+class Router:
+    http: httpx.AsyncClient
+    settings: RouterSettings
+
+    async def send(self, *items: EnrichedInteraction) -> None:
+        events = [
+            (
+                item.customer.id,
+                CloudEvent[EnrichedInteraction](
+                    id=f"enriched-{item.interaction.id}",
+                    source="/test",
+                    type=INTERACTION_ENRICHED,
+                    data=item,
+                ),
+            )
+            for item in items
+        ]
+        await publish(self.settings.kafka, self.settings.kafka.topics.enriched, events)
+
+    async def offers(self, expect: int, settle_s: float = 0.0) -> list[Assignment]:
+        topic = self.settings.kafka.topics.assignments
+        events = await read_topic(self.settings.kafka, topic, Assignment, expect, settle_s=settle_s)
+        return [event.data for _, event in events]
+
+    async def agent(self, presence: str = "online", capacity: int = 3) -> str:
+        answer = await self.http.post(
+            "/v1/agents",
+            json={"name": "Grace", "capacity": capacity, "presence": presence},
+            headers=admin_headers(),
+        )
+        assert answer.status_code == 201
+        return str(answer.json()["id"])
+
+    async def item_state(self, interaction_id: str) -> str | None:
+        answer = await self.http.get(f"/v1/items/{interaction_id}", headers=admin_headers())
+        return str(answer.json()["state"]) if answer.status_code == 200 else None
+
+
+@pytest.fixture
+async def router(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Router]:
+    settings = RouterSettings(
+        port=0,
+        data_dir=run_dir,
+        auth=auth_settings(),
+        kafka=kafka_settings(stack.bootstrap_servers, namespace),
+        mongo=mongo_settings(stack.mongo_url, namespace),
+    )
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+        yield Router(http, settings)
+
+
+def enriched(
+    tier: str = "standard", sentiment: str = "neutral", influence: float = 1.0
+) -> EnrichedInteraction:
+    data: dict[str, Any] = {
+        "interaction": {
+            "id": str(uuid.uuid4()),
+            "channel": "twitter",
+            "source": "listener",
+            "external_id": uuid.uuid4().hex,
+            "author": {"handle": "@someone"},
+            "text": "hello",
+            "received_at": utcnow(),
+        },
+        "customer": {"id": str(uuid.uuid4()), "tier": tier, "value": 10.0},
+        "sentiment": {"label": sentiment, "score": 0.0, "analyzer": "test"},
+        "influence": influence,
+    }
+    return EnrichedInteraction.model_validate(data)
+
+
+async def test_unhappy_platinum_customer_goes_first_to_an_online_agent(router: Router) -> None:
+    agent_id = await router.agent()
+    item = enriched(tier="platinum", sentiment="negative")
+
+    await router.send(item)
+    [offer] = await router.offers(1)
+
+    assert offer.interaction_id == item.interaction.id
+    assert (offer.queue, offer.priority, offer.rule) == ("priority", 1, "valued-and-unhappy")
+    assert offer.agent_id == agent_id
+    assert offer.customer.tier == "platinum"
+
+
+async def test_rules_fall_through_to_the_default_queue(router: Router) -> None:
+    await router.agent()
+    loud = enriched(sentiment="negative", influence=8.0)
+    plain = enriched()
+
+    await router.send(loud, plain)
+    offers = {o.interaction_id: o for o in await router.offers(2)}
+
+    assert (offers[loud.interaction.id].queue, offers[loud.interaction.id].rule) == (
+        "priority",
+        "loud-and-unhappy",
+    )
+    assert (offers[plain.interaction.id].queue, offers[plain.interaction.id].priority) == (
+        "general",
+        4,
+    )
+
+
+async def test_agent_coming_online_gets_the_most_urgent_work_first(router: Router) -> None:
+    agent_id = await router.agent(presence="offline", capacity=1)
+    routine, urgent = enriched(), enriched(tier="gold", sentiment="negative")
+    await router.send(routine, urgent)
+    await eventually(lambda: router.item_state(urgent.interaction.id))
+    await eventually(lambda: router.item_state(routine.interaction.id))
+
+    went_online = await router.http.put(
+        f"/v1/agents/{agent_id}/presence", json={"presence": "online"}, headers=admin_headers()
+    )
+    offers = await router.offers(1, settle_s=1.5)
+
+    assert went_online.status_code == 200
+    assert [o.interaction_id for o in offers] == [urgent.interaction.id]
+    assert await router.item_state(routine.interaction.id) == "queued"
+    agent = (await router.http.get(f"/v1/agents/{agent_id}", headers=admin_headers())).json()
+    assert (agent["load"], agent["free"]) == (1, 0)
+
+
+async def test_redelivered_event_makes_one_offer(router: Router) -> None:
+    await router.agent()
+    item = enriched()
+
+    await router.send(item, item)
+    offers = await router.offers(1, settle_s=2.0)
+
+    assert [o.interaction_id for o in offers] == [item.interaction.id]
+
+
+async def test_agents_api_validates_and_needs_admin_token(router: Router) -> None:
+    anonymous = await router.http.post("/v1/agents", json={"name": "A"})
+    bad = await router.http.post(
+        "/v1/agents", json={"name": "A", "capacity": 0}, headers=admin_headers()
+    )
+
+    assert anonymous.status_code == 401
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["field"] == "capacity"

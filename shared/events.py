@@ -149,6 +149,18 @@ class Assignment(Model):
     enqueued_at: datetime
 
 
+class DeadDelivery(Model):
+    """A webhook delivery whose retry schedule is spent."""
+
+    delivery_id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+
+
 DataT = TypeVar("DataT", bound=BaseModel)
 
 

@@ -7,10 +7,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, SecretStr
 
 from shared.events import CloudEvent, decode, encode
@@ -127,3 +128,31 @@ async def publish(
             )
     finally:
         await producer.stop()
+
+
+@dataclass
+class Receiver:
+    """A real HTTP endpoint that records what it is sent and answers from a script."""
+
+    answers: list[int] = field(default_factory=list)  # status codes to give, then 200s
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/hook")
+        async def hook(request: Request) -> Response:
+            self.received.append((dict(request.headers), await request.body()))
+            code = self.answers.pop(0) if self.answers else 200
+            return Response(status_code=code)
+
+        return app
+
+
+@asynccontextmanager
+async def receiving(answers: list[int] | None = None) -> AsyncIterator[Receiver]:
+    receiver = Receiver(answers=list(answers or []))
+    async with serving(receiver.app()) as url:
+        receiver.url = f"{url}/hook"
+        yield receiver

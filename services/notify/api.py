@@ -1,0 +1,74 @@
+"""Notify's HTTP API: subscriptions and the deliveries made for them (admin token)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from services.notify.delivery import EndpointRefused
+from services.notify.service import NotifyService, SubscriptionIn
+from shared.http import AdminOnly
+
+router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
+
+
+def get_service(request: Request) -> NotifyService:
+    service: NotifyService = request.app.state.service
+    return service
+
+
+Service = Annotated[NotifyService, Depends(get_service)]
+
+
+def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
+    """A subscription as the API shows it: never its signing secret."""
+    return {"id": doc["_id"], **{k: v for k, v in doc.items() if k not in ("_id", "secret")}}
+
+
+@router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=None)
+async def create_subscription(
+    payload: SubscriptionIn, service: Service
+) -> dict[str, Any] | JSONResponse:
+    """The signing secret is shown here once."""
+    try:
+        subscription, secret = await service.create_subscription(payload)
+    except EndpointRefused as exc:
+        return JSONResponse(
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            content={"detail": [{"field": "url", "reason": str(exc)}]},
+        )
+    return {**subscription_out(subscription), "secret": secret}
+
+
+@router.get("/subscriptions/{subscription_id}")
+async def get_subscription(subscription_id: str, service: Service) -> dict[str, Any]:
+    subscription = await service.get_subscription(subscription_id)
+    if subscription is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+    return subscription_out(subscription)
+
+
+@router.get("/deliveries")
+async def list_deliveries(
+    service: Service,
+    subscription_id: str | None = None,
+    delivery_status: Annotated[
+        Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[dict[str, Any]]:
+    filters = {
+        name: value
+        for name, value in (("subscription_id", subscription_id), ("status", delivery_status))
+        if value is not None
+    }
+    deliveries = await service.list_deliveries(filters, limit)
+    return [{"id": d["_id"], **{k: v for k, v in d.items() if k != "_id"}} for d in deliveries]
+
+
+@router.get("/deliveries/{delivery_id}/attempts")
+async def list_attempts(delivery_id: str, service: Service) -> list[dict[str, Any]]:
+    """Every attempt at one delivery: when, status, latency and a response excerpt."""
+    return await service.list_attempts(delivery_id)

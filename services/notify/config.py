@@ -1,0 +1,30 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+# Seconds between attempts, in the spirit of the well-known providers: about a day in all.
+DEFAULT_RETRY_SCHEDULE_S = (
+    5.0,
+    30.0,
+    120.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    18000.0,
+    36000.0,
+    18000.0,
+)
+
+
+class NotifySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_NOTIFY_", frozen=True, extra="ignore")
+
+    port: int = Field(default=8084, ge=0, le=65535)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
+    # Hosts that may resolve to private or loopback addresses (e.g. a desk on this machine).
+    allow_hosts: frozenset[str] = frozenset()
+    max_concurrent_deliveries: int = Field(default=32, ge=1)
+    poll_interval_s: float = Field(default=0.5, gt=0)

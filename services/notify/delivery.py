@@ -1,0 +1,107 @@
+"""The way out: Standard Webhooks signing, the SSRF guard, and one HTTP attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import secrets
+import socket
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def new_signing_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def signed_headers(secret: str, message_id: str, at: datetime, body: str) -> dict[str, str]:
+    """Headers per the Standard Webhooks spec; the signature covers id, timestamp and body."""
+    return {
+        "content-type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(message_id, at, body),
+    }
+
+
+class EndpointRefused(ValueError):
+    """The endpoint resolves to an address Switchboard will not call."""
+
+
+def _forbidden(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+async def check_endpoint(url: str, allow_hosts: Collection[str]) -> None:
+    """Refuse URLs whose host resolves to private, loopback, link-local, shared, multicast or
+    reserved addresses, unless the host is allow-listed. Checked on create and before
+    every attempt, since DNS answers change."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EndpointRefused("must be an http or https URL with a host")
+    if parts.hostname in allow_hosts:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, port, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise EndpointRefused(f"host does not resolve: {parts.hostname}") from exc
+    if any(_forbidden(str(info[4][0])) for info in infos):
+        raise EndpointRefused(f"host resolves to a non-public address: {parts.hostname}")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    status_code: int | None
+    latency_ms: float
+    error: str | None = None
+    excerpt: str = ""
+    retry_after_s: float | None = None
+    gone: bool = False
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None or response.status_code not in RETRY_STATUSES:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+async def attempt(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str
+) -> Attempt:
+    """One POST; redirects are not followed (a 3xx is a failure, as the spec says)."""
+    started = time.perf_counter()
+    try:
+        response = await client.post(url, content=body.encode(), headers=headers)
+    except httpx.HTTPError as exc:
+        elapsed = (time.perf_counter() - started) * 1000
+        return Attempt(False, None, elapsed, error=type(exc).__name__)
+    elapsed = (time.perf_counter() - started) * 1000
+    return Attempt(
+        ok=200 <= response.status_code < 300,
+        status_code=response.status_code,
+        latency_ms=elapsed,
+        excerpt=response.text[:200],
+        retry_after_s=_retry_after(response),
+        gone=response.status_code == 410,
+    )

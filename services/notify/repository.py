@@ -1,0 +1,85 @@
+"""Notify's collections: subscriptions, and deliveries (one per event and subscription)."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from shared.mongo import Document, only_duplicates
+
+
+class NotifyRepository:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.subscriptions = db["subscriptions"]
+        self.deliveries = db["deliveries"]
+        self.attempts = db["attempts"]
+
+    async def ensure_indexes(self) -> None:
+        await self.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
+        await self.deliveries.create_index(
+            [("subscription_id", ASCENDING), ("created_at", ASCENDING)]
+        )
+
+    async def insert_subscription(self, subscription: Document) -> None:
+        await self.subscriptions.insert_one(subscription)
+
+    async def find_subscription(self, subscription_id: str) -> Document | None:
+        return await self.subscriptions.find_one({"_id": subscription_id})
+
+    async def enabled_subscriptions(self) -> list[Document]:
+        return await self.subscriptions.find({"enabled": True}).to_list(None)
+
+    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+        await self.subscriptions.update_one(
+            {"_id": subscription_id}, {"$set": {"enabled": False, "disabled_reason": reason}}
+        )
+
+    async def insert_deliveries(self, deliveries: list[Document]) -> None:
+        """Store new deliveries; ones already stored (a redelivered event) stay as they are."""
+        if not deliveries:
+            return
+        try:
+            await self.deliveries.insert_many(deliveries, ordered=False)
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
+
+    async def claim_due(self, now: datetime, lease_until: datetime) -> Document | None:
+        """Take the most overdue pending delivery, leasing it so no other worker takes it too.
+
+        If this worker dies mid-attempt, the lease runs out and the delivery is tried again.
+        """
+        return await self.deliveries.find_one_and_update(
+            {"status": "pending", "next_attempt_at": {"$lte": now}},
+            {"$set": {"next_attempt_at": lease_until}},
+            sort=[("next_attempt_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def record_attempt(
+        self, delivery_id: str, number: int, attempt: dict[str, Any], changes: dict[str, Any]
+    ) -> None:
+        """Log one attempt (its own document: the log can grow long) and update the delivery."""
+        with contextlib.suppress(DuplicateKeyError):  # recorded before a crash: keep that one
+            await self.attempts.insert_one(
+                {"delivery_id": delivery_id, "number": number, **attempt}
+            )
+        await self.deliveries.update_one(
+            {"_id": delivery_id},
+            {"$set": {"attempt_count": number, "last_attempt": attempt, **changes}},
+        )
+
+    async def list_attempts(self, delivery_id: str) -> list[Document]:
+        cursor = self.attempts.find({"delivery_id": delivery_id}, {"_id": 0}).sort(
+            "number", ASCENDING
+        )
+        return await cursor.to_list(None)
+
+    async def list_deliveries(self, filters: dict[str, Any], limit: int) -> list[Document]:
+        cursor = self.deliveries.find(filters).sort("created_at", ASCENDING).limit(limit)
+        return await cursor.to_list(length=limit)

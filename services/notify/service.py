@@ -1,0 +1,297 @@
+"""Notify's domain: subscriptions, one delivery per (event, subscription), and a dispatcher
+that signs, sends and retries them off the consumer's path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pymongo.errors import PyMongoError
+
+from services.notify.config import NotifySettings
+from services.notify.delivery import (
+    Attempt,
+    EndpointRefused,
+    check_endpoint,
+    new_signing_secret,
+    signed_headers,
+)
+from services.notify.delivery import attempt as send_attempt
+from services.notify.repository import NotifyRepository
+from shared.events import (
+    DELIVERY_DEAD,
+    Assignment,
+    CloudEvent,
+    DeadDelivery,
+    derived_event_id,
+    utcnow,
+)
+from shared.logging import get_logger
+from shared.mongo import Document
+from shared.outbox import Outbox
+from shared.topics import Topics
+
+SOURCE = "/switchboard/notify"
+log = get_logger(__name__)
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str | None = None
+    queue: str | None = None
+    tier: str | None = None
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    event_types: list[str] = Field(
+        default_factory=lambda: ["io.switchboard.assignment.*"], min_length=1, max_length=32
+    )
+    filters: Filters = Field(default_factory=Filters)
+    description: str | None = Field(default=None, max_length=256)
+
+
+def wants(subscription: Document, event: CloudEvent[Assignment]) -> bool:
+    """Whether a subscription's event types and filters take this event."""
+    if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in subscription["event_types"]):
+        return False
+    filters = subscription.get("filters") or {}
+    observed = {
+        "agent_id": event.data.agent_id,
+        "queue": event.data.queue,
+        "tier": event.data.customer.tier,
+    }
+    return all(filters.get(name) in (None, value) for name, value in observed.items())
+
+
+def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Document:
+    """A delivery's id doubles as its ``webhook-id``: stable across every retry."""
+    now = utcnow()
+    return {
+        "_id": derived_event_id(event.id, "delivery", subscription["_id"]),
+        "subscription_id": subscription["_id"],
+        "event_id": event.id,
+        "event_type": event.type,
+        "body": event.model_dump_json(),
+        "status": "pending",
+        "attempt_count": 0,
+        "last_attempt": None,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+def next_delay(
+    schedule: Sequence[float], attempts_made: int, retry_after_s: float | None
+) -> float | None:
+    """Seconds until the next attempt, with ±20% jitter; None when the schedule is spent."""
+    if attempts_made > len(schedule):
+        return None
+    base = schedule[attempts_made - 1]
+    delay = base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+    return max(delay, retry_after_s or 0.0)
+
+
+class NotifyService:
+    def __init__(
+        self,
+        repository: NotifyRepository,
+        outbox: Outbox,
+        topics: Topics,
+        settings: NotifySettings,
+    ) -> None:
+        self.repository = repository
+        self.outbox = outbox
+        self.topics = topics
+        self.settings = settings
+        self.wakeup = asyncio.Event()
+
+    async def create_subscription(self, payload: SubscriptionIn) -> tuple[Document, str]:
+        """Raises EndpointRefused for an endpoint on a non-public address."""
+        await check_endpoint(str(payload.url), self.settings.allow_hosts)
+        secret = new_signing_secret()
+        subscription = {
+            "_id": str(uuid.uuid4()),
+            **payload.model_dump(mode="json"),
+            "secret": secret,
+            "enabled": True,
+            "created_at": utcnow(),
+        }
+        await self.repository.insert_subscription(subscription)
+        return subscription, secret
+
+    async def get_subscription(self, subscription_id: str) -> Document | None:
+        return await self.repository.find_subscription(subscription_id)
+
+    async def list_deliveries(self, filters: dict[str, Any], limit: int) -> list[Document]:
+        return await self.repository.list_deliveries(filters, limit)
+
+    async def list_attempts(self, delivery_id: str) -> list[Document]:
+        return await self.repository.list_attempts(delivery_id)
+
+    async def fan_out(self, events: Sequence[CloudEvent[Assignment]]) -> None:
+        """Store a delivery for each subscription that wants each event."""
+        if not events:
+            return
+        subscriptions = await self.repository.enabled_subscriptions()
+        deliveries = [
+            delivery_for(subscription, event)
+            for event in events
+            for subscription in subscriptions
+            if wants(subscription, event)
+        ]
+        await self.repository.insert_deliveries(deliveries)
+        if deliveries:
+            self.wakeup.set()
+
+    async def dispatch_forever(self) -> None:
+        """Send due deliveries, at most ``max_concurrent_deliveries`` at a time."""
+        slots = asyncio.Semaphore(self.settings.max_concurrent_deliveries)
+        running: set[asyncio.Task[None]] = set()
+        timeout = httpx.Timeout(self.settings.webhook_timeout_s)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            try:
+                while True:
+                    await slots.acquire()
+                    delivery = await self._claim_next()
+                    if delivery is None:
+                        slots.release()
+                        await self._wait_for_work()
+                        continue
+                    task = asyncio.create_task(self._deliver(client, delivery))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: slots.release())
+            finally:
+                for task in running:
+                    task.cancel()
+
+    async def _claim_next(self) -> Document | None:
+        now = utcnow()
+        lease = timedelta(seconds=self.settings.webhook_timeout_s + 30)
+        try:
+            return await self.repository.claim_due(now, now + lease)
+        except PyMongoError as exc:
+            log.warning("could not claim deliveries", error=repr(exc))
+            await asyncio.sleep(1.0)
+            return None
+
+    async def _wait_for_work(self) -> None:
+        self.wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wakeup.wait(), timeout=self.settings.poll_interval_s)
+
+    async def _deliver(self, client: httpx.AsyncClient, delivery: Document) -> None:
+        try:
+            await self.deliver(client, delivery)
+        except Exception:  # the lease runs out and the delivery is tried again
+            log.exception("delivery attempt failed to record", delivery_id=delivery["_id"])
+
+    async def deliver(self, client: httpx.AsyncClient, delivery: Document) -> None:
+        """One attempt at one delivery, and what follows from its outcome."""
+        subscription = await self.repository.find_subscription(delivery["subscription_id"])
+        if subscription is None or not subscription["enabled"]:
+            await self.repository.record_attempt(
+                delivery["_id"],
+                int(delivery["attempt_count"]) + 1,
+                {"at": utcnow(), "error": "subscription disabled"},
+                {"status": "cancelled"},
+            )
+            return
+        url = subscription["url"]
+        try:
+            await check_endpoint(url, self.settings.allow_hosts)
+        except EndpointRefused as exc:
+            outcome = None
+            error: str | None = str(exc)
+        else:
+            headers = signed_headers(
+                subscription["secret"], delivery["_id"], utcnow(), delivery["body"]
+            )
+            outcome = await send_attempt(client, url, headers, delivery["body"])
+            error = outcome.error
+        record = {
+            "at": utcnow(),
+            "status_code": outcome.status_code if outcome else None,
+            "latency_ms": round(outcome.latency_ms, 1) if outcome else None,
+            "error": error,
+            "excerpt": outcome.excerpt if outcome else "",
+        }
+        await self._settle(delivery, subscription, record, outcome)
+
+    async def _settle(
+        self,
+        delivery: Document,
+        subscription: Document,
+        record: dict[str, Any],
+        outcome: Attempt | None,
+    ) -> None:
+        attempts_made = int(delivery["attempt_count"]) + 1
+        if outcome is not None and outcome.ok:
+            await self.repository.record_attempt(
+                delivery["_id"],
+                attempts_made,
+                record,
+                {"status": "delivered", "delivered_at": record["at"]},
+            )
+            return
+        if outcome is not None and outcome.gone:
+            await self.repository.disable_subscription(
+                subscription["_id"], "endpoint answered 410 Gone"
+            )
+            await self.repository.record_attempt(
+                delivery["_id"], attempts_made, record, {"status": "cancelled"}
+            )
+            return
+        delay = next_delay(
+            self.settings.retry_schedule_s,
+            attempts_made,
+            outcome.retry_after_s if outcome is not None else None,
+        )
+        if delay is None:
+            await self.repository.record_attempt(
+                delivery["_id"], attempts_made, record, {"status": "dead"}
+            )
+            await self.outbox.add(
+                [
+                    (
+                        self.topics.deliveries_dead,
+                        subscription["_id"],
+                        dead_event(delivery, record, attempts_made),
+                    )
+                ]
+            )
+            return
+        retry_at: datetime = record["at"] + timedelta(seconds=delay)
+        await self.repository.record_attempt(
+            delivery["_id"], attempts_made, record, {"next_attempt_at": retry_at}
+        )
+
+
+def dead_event(delivery: Document, last: dict[str, Any], attempts: int) -> CloudEvent[DeadDelivery]:
+    return CloudEvent[DeadDelivery](
+        id=derived_event_id(delivery["_id"], DELIVERY_DEAD),
+        source=SOURCE,
+        type=DELIVERY_DEAD,
+        subject=delivery["_id"],
+        data=DeadDelivery(
+            delivery_id=delivery["_id"],
+            subscription_id=delivery["subscription_id"],
+            event_id=delivery["event_id"],
+            event_type=delivery["event_type"],
+            attempts=attempts,
+            last_status=last["status_code"],
+            last_error=last["error"],
+        ),
+    )

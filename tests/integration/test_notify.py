@@ -1,0 +1,234 @@
+"""Notify against the real embedded broker and store, delivering to real HTTP receivers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from services.notify.config import NotifySettings
+from services.notify.main import create_app
+from shared.embedded import EmbeddedStack
+from shared.events import (
+    Assignment,
+    AssignmentStatus,
+    CloudEvent,
+    DeadDelivery,
+    assignment_type,
+    utcnow,
+)
+from tests.support import (
+    admin_headers,
+    auth_settings,
+    eventually,
+    kafka_settings,
+    mongo_settings,
+    publish,
+    read_topic,
+    receiving,
+    serving,
+)
+
+FAST_RETRIES = (0.1, 0.1, 0.1, 0.1)
+
+
+@dataclass
+class Notify:
+    http: httpx.AsyncClient
+    settings: NotifySettings
+
+    async def subscribe(self, url: str, **extra: Any) -> dict[str, Any]:
+        answer = await self.http.post(
+            "/v1/subscriptions", json={"url": url, **extra}, headers=admin_headers()
+        )
+        assert answer.status_code == 201, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    async def send(self, *events: CloudEvent[Assignment]) -> None:
+        items = [(event.data.interaction_id, event) for event in events]
+        await publish(self.settings.kafka, self.settings.kafka.topics.assignments, items)
+
+    async def deliveries(self, status: str) -> list[dict[str, Any]]:
+        answer = await self.http.get(
+            "/v1/deliveries", params={"status": status}, headers=admin_headers()
+        )
+        result: list[dict[str, Any]] = answer.json()
+        return result
+
+
+NotifyFactory = Callable[..., AbstractAsyncContextManager[Notify]]
+
+
+@pytest.fixture
+def notify(stack: EmbeddedStack, namespace: str, run_dir: Path) -> NotifyFactory:
+    def running(**overrides: Any) -> AbstractAsyncContextManager[Notify]:
+        return _running_notify(stack, namespace, run_dir, overrides)
+
+    return running
+
+
+from contextlib import asynccontextmanager  # noqa: E402
+
+
+@asynccontextmanager
+async def _running_notify(
+    stack: EmbeddedStack, namespace: str, run_dir: Path, overrides: dict[str, Any]
+) -> AsyncIterator[Notify]:
+    settings = NotifySettings(
+        port=0,
+        data_dir=run_dir,
+        auth=auth_settings(),
+        kafka=kafka_settings(stack.bootstrap_servers, namespace),
+        mongo=mongo_settings(stack.mongo_url, namespace),
+        **({"allow_hosts": frozenset({"127.0.0.1"}), "retry_schedule_s": FAST_RETRIES} | overrides),
+    )
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+        yield Notify(http, settings)
+
+
+def offered(agent_id: str = "agent-1", queue: str = "priority") -> CloudEvent[Assignment]:
+    interaction_id = str(uuid.uuid4())
+    data = Assignment.model_validate(
+        {
+            "interaction_id": interaction_id,
+            "status": "offered",
+            "queue": queue,
+            "priority": 1,
+            "rule": "valued-and-unhappy",
+            "agent_id": agent_id,
+            "offer": 1,
+            "customer": {"id": "c-1", "tier": "platinum"},
+            "sentiment": "negative",
+            "channel": "twitter",
+            "author_handle": "@ada",
+            "text": "late again",
+            "enqueued_at": utcnow(),
+        }
+    )
+    return CloudEvent[Assignment](
+        id=str(uuid.uuid4()),
+        source="/test",
+        type=assignment_type(AssignmentStatus.OFFERED),
+        subject=interaction_id,
+        data=data,
+    )
+
+
+async def test_delivery_is_signed_per_standard_webhooks(notify: NotifyFactory) -> None:
+    async with notify() as service, receiving() as desk:
+        subscription = await service.subscribe(desk.url)
+        event = offered()
+
+        await service.send(event)
+        await eventually(lambda: _count(desk.received, 1))
+
+        [(headers, body)] = desk.received
+        payload = Webhook(subscription["secret"]).verify(body, headers)
+        assert payload["id"] == event.id
+        assert payload["data"]["agent_id"] == "agent-1"
+        assert subscription["secret"].startswith("whsec_")
+
+
+async def test_failing_endpoint_gets_retried_under_one_webhook_id(notify: NotifyFactory) -> None:
+    async with notify() as service, receiving(answers=[500, 503, 502]) as desk:
+        await service.subscribe(desk.url)
+
+        await service.send(offered())
+        await eventually(lambda: service.deliveries("delivered"))
+
+        assert len(desk.received) == 4
+        assert len({headers["webhook-id"] for headers, _ in desk.received}) == 1
+        [delivery] = await service.deliveries("delivered")
+        attempts = await service.http.get(
+            f"/v1/deliveries/{delivery['id']}/attempts", headers=admin_headers()
+        )
+        assert [a["status_code"] for a in attempts.json()] == [500, 503, 502, 200]
+
+
+async def test_redelivered_event_is_delivered_once(notify: NotifyFactory) -> None:
+    async with notify() as service, receiving() as desk:
+        await service.subscribe(desk.url)
+        event = offered()
+
+        await service.send(event, event)
+        await eventually(lambda: service.deliveries("delivered"))
+        await _settle()
+
+        assert len(desk.received) == 1
+
+
+async def test_filters_send_an_agent_only_its_own_offers(notify: NotifyFactory) -> None:
+    async with notify() as service, receiving() as desk:
+        await service.subscribe(desk.url, filters={"agent_id": "agent-2"})
+        mine, other = offered(agent_id="agent-2"), offered(agent_id="agent-3")
+
+        await service.send(other, mine)
+        await eventually(lambda: _count(desk.received, 1))
+        await _settle()
+
+        assert [json.loads(body)["id"] for _, body in desk.received] == [mine.id]
+
+
+async def test_spent_schedule_dead_letters_the_delivery(notify: NotifyFactory) -> None:
+    async with notify(retry_schedule_s=(0.05,)) as service, receiving(answers=[500, 500]) as desk:
+        subscription = await service.subscribe(desk.url)
+        event = offered()
+
+        await service.send(event)
+        [dead] = await eventually(lambda: service.deliveries("dead"))
+        topic = service.settings.kafka.topics.deliveries_dead
+        [(key, dead_event)] = await read_topic(service.settings.kafka, topic, DeadDelivery, 1)
+
+        assert dead["attempt_count"] == 2
+        assert key == subscription["id"].encode()
+        assert (dead_event.data.event_id, dead_event.data.last_status) == (event.id, 500)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+    ],
+)
+async def test_endpoints_on_private_addresses_are_refused(notify: NotifyFactory, url: str) -> None:
+    async with notify(allow_hosts=frozenset()) as service:
+        answer = await service.http.post(
+            "/v1/subscriptions", json={"url": url}, headers=admin_headers()
+        )
+
+        assert answer.status_code == 422
+        assert answer.json()["detail"][0]["field"] == "url"
+
+
+async def test_subscription_secret_is_shown_once(notify: NotifyFactory) -> None:
+    async with notify() as service:
+        created = await service.subscribe("http://127.0.0.1:9/hook")
+        shown = await service.http.get(
+            f"/v1/subscriptions/{created['id']}", headers=admin_headers()
+        )
+
+        assert "secret" in created
+        assert "secret" not in shown.json()
+
+
+async def _count(items: list[Any], n: int) -> bool:
+    return len(items) >= n
+
+
+async def _settle(seconds: float = 1.5) -> None:
+    """Give a wrong extra delivery time to show up before asserting there was none."""
+    import asyncio
+
+    await asyncio.sleep(seconds)

@@ -8,6 +8,7 @@ its data in files under the data directory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import shutil
 import signal
 import socket
@@ -47,6 +48,15 @@ def _executable(name: str) -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """Linux's PR_SET_PDEATHSIG: no orphaned broker or store if the supervisor is killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 @dataclass
 class ChildProcesses:
     """Child processes stopped together, newest first: SIGTERM, then SIGKILL if they linger."""
@@ -54,9 +64,12 @@ class ChildProcesses:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(
-        self, args: list[str], log: IO[bytes], env: dict[str, str] | None = None
+        self, args: list[str], log: IO[bytes] | None, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+        """Start a child that is also told to stop (SIGTERM) if this process dies."""
+        process = subprocess.Popen(  # noqa: S603
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+        )
         self.processes.append(process)
         return process
 

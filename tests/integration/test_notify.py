@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from shared.events import (
 )
 from tests.support import (
     admin_headers,
+    at_least,
     auth_settings,
     eventually,
     kafka_settings,
@@ -74,9 +76,6 @@ def notify(stack: EmbeddedStack, namespace: str, run_dir: Path) -> NotifyFactory
         return _running_notify(stack, namespace, run_dir, overrides)
 
     return running
-
-
-from contextlib import asynccontextmanager  # noqa: E402
 
 
 @asynccontextmanager
@@ -129,7 +128,7 @@ async def test_delivery_is_signed_per_standard_webhooks(notify: NotifyFactory) -
         event = offered()
 
         await service.send(event)
-        await eventually(lambda: _count(desk.received, 1))
+        await eventually(lambda: at_least(desk.received, 1))
 
         [(headers, body)] = desk.received
         payload = Webhook(subscription["secret"]).verify(body, headers)
@@ -172,7 +171,7 @@ async def test_filters_send_an_agent_only_its_own_offers(notify: NotifyFactory) 
         mine, other = offered(agent_id="agent-2"), offered(agent_id="agent-3")
 
         await service.send(other, mine)
-        await eventually(lambda: _count(desk.received, 1))
+        await eventually(lambda: at_least(desk.received, 1))
         await _settle()
 
         assert [json.loads(body)["id"] for _, body in desk.received] == [mine.id]
@@ -223,12 +222,6 @@ async def test_subscription_secret_is_shown_once(notify: NotifyFactory) -> None:
         assert "secret" not in shown.json()
 
 
-async def _count(items: list[Any], n: int) -> bool:
-    return len(items) >= n
-
-
 async def _settle(seconds: float = 1.5) -> None:
     """Give a wrong extra delivery time to show up before asserting there was none."""
-    import asyncio
-
     await asyncio.sleep(seconds)

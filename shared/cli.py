@@ -1,0 +1,229 @@
+"""The ``switchboard`` command: run the whole system on one machine, or one service.
+
+switchboard up            broker, store, the four services and the sample desk
+switchboard serve NAME    one service (ingest, enrich, router, notify), settings from env
+switchboard desk          the sample agent desk: prints each verified webhook
+switchboard demo          register a customer, an agent, a subscription; post mentions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.embedded import ChildProcesses, EmbeddedStack
+from shared.logging import configure_logging
+from shared.settings import LogSettings
+
+SERVICES = ("ingest", "enrich", "router", "notify")
+
+
+class LocalSettings(BaseSettings):
+    """Where `switchboard up` puts things on this machine."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", frozen=True, extra="ignore")
+
+    home: Path = Path(".switchboard")
+    broker_port: int = Field(default=9092, ge=1, le=65535)
+    store_port: int = Field(default=27017, ge=1, le=65535)
+    ingest_port: int = Field(default=8081, ge=1, le=65535)
+    enrich_port: int = Field(default=8082, ge=1, le=65535)
+    router_port: int = Field(default=8083, ge=1, le=65535)
+    notify_port: int = Field(default=8084, ge=1, le=65535)
+    desk_port: int = Field(default=8089, ge=1, le=65535)
+
+    def port(self, service: str) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.port(service)}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.env"
+
+    @property
+    def desk_secrets_file(self) -> Path:
+        return self.home / "desk-secrets.json"
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def write_credentials(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+
+
+def service_env(local: LocalSettings, admin_token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{local.broker_port}",
+            "SWITCHBOARD_MONGO_URL": f"mongodb://127.0.0.1:{local.store_port}",
+            "SWITCHBOARD_AUTH_ADMIN_TOKEN": admin_token,
+            "SWITCHBOARD_NOTIFY_ALLOW_HOSTS": json.dumps(["127.0.0.1", "localhost"]),
+            "SWITCHBOARD_LOG_JSON_OUTPUT": "true",
+        }
+    )
+    for service in SERVICES:
+        prefix = f"SWITCHBOARD_{service.upper()}_"
+        env[f"{prefix}PORT"] = str(local.port(service))
+        env[f"{prefix}DATA_DIR"] = str(local.home / "run")
+    return env
+
+
+def wait_ready(local: LocalSettings, children: ChildProcesses, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    waiting = set(SERVICES)
+    while waiting:
+        for process in children.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited early")
+        for service in sorted(waiting):
+            try:
+                if httpx.get(f"{local.url(service)}/readyz", timeout=1.0).status_code == 200:
+                    waiting.discard(service)
+            except httpx.HTTPError:
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout_s:.0f}s: {', '.join(sorted(waiting))}")
+        time.sleep(0.25)
+
+
+def ensure_publisher_key(local: LocalSettings, credentials: dict[str, str]) -> None:
+    if credentials.get("SWITCHBOARD_PUBLISHER_KEY"):
+        return
+    answer = httpx.post(
+        f"{local.url('ingest')}/v1/publishers",
+        json={"name": "local"},
+        headers={"Authorization": f"Bearer {credentials['SWITCHBOARD_AUTH_ADMIN_TOKEN']}"},
+    )
+    answer.raise_for_status()
+    credentials["SWITCHBOARD_PUBLISHER_KEY"] = answer.json()["api_key"]
+
+
+def up(local: LocalSettings) -> int:
+    """Start everything, print where it listens, and stop it all on Ctrl-C or SIGTERM."""
+    credentials = read_credentials(local.credentials_file)
+    credentials.setdefault("SWITCHBOARD_AUTH_ADMIN_TOKEN", secrets.token_urlsafe(32))
+    stack = EmbeddedStack(local.home, local.broker_port, local.store_port)
+    services = ChildProcesses()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        print(f"starting broker on :{local.broker_port} and store on :{local.store_port} ...")
+        stack.start()
+        env = service_env(local, credentials["SWITCHBOARD_AUTH_ADMIN_TOKEN"])
+        logs = local.home / "logs"
+        for service in SERVICES:
+            services.start(
+                [sys.executable, "-m", "shared.cli", "serve", service],
+                (logs / f"{service}.log").open("ab"),
+                env,
+            )
+        services.start([sys.executable, "-m", "shared.cli", "desk"], None, env)
+        wait_ready(local, services)
+        ensure_publisher_key(local, credentials)
+        write_credentials(local.credentials_file, credentials)
+        print_summary(local)
+        while all(process.poll() is None for process in services.processes):
+            time.sleep(0.5)
+        print("a service stopped unexpectedly; see the logs in", logs, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        services.stop()
+        stack.stop()
+        print("stopped: no Switchboard process is left running")
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def print_summary(local: LocalSettings) -> None:
+    print("\nSwitchboard is ready:")
+    for service in SERVICES:
+        print(f"  {service:<7} {local.url(service)}   (docs: {local.url(service)}/docs)")
+    print(f"  desk    {local.url('desk')}/webhooks   (prints each offer it receives)")
+    print(f"  broker  127.0.0.1:{local.broker_port}   store mongodb://127.0.0.1:{local.store_port}")
+    print(f"\n  credentials: {local.credentials_file}   logs: {local.home / 'logs'}")
+    print("  try it: `make demo` in another terminal. Ctrl-C stops everything.\n", flush=True)
+
+
+def service_factories() -> dict[str, Callable[[], FastAPI]]:
+    """Each service's settings (from the environment) and app, imported only when asked for."""
+    from services.enrich.config import EnrichSettings
+    from services.enrich.main import create_app as enrich_app
+    from services.ingest.config import IngestSettings
+    from services.ingest.main import create_app as ingest_app
+    from services.notify.config import NotifySettings
+    from services.notify.main import create_app as notify_app
+    from services.router.config import RouterSettings
+    from services.router.main import create_app as router_app
+
+    return {
+        "ingest": lambda: ingest_app(IngestSettings()),
+        "enrich": lambda: enrich_app(EnrichSettings()),
+        "router": lambda: router_app(RouterSettings()),
+        "notify": lambda: notify_app(NotifySettings()),
+    }
+
+
+def serve(service: str) -> int:
+    app = service_factories()[service]()
+    settings = app.state.runtime.settings
+    configure_logging(settings.log)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start the whole system on the embedded broker and store")
+    serve_parser = commands.add_parser("serve", help="run one service")
+    serve_parser.add_argument("service", choices=SERVICES)
+    commands.add_parser("desk", help="run the sample agent desk")
+    commands.add_parser("demo", help="register sample data and post a few mentions")
+    args = parser.parse_args(argv)
+    local = LocalSettings()
+    if args.command == "up":
+        return up(local)
+    if args.command == "serve":
+        return serve(args.service)
+    configure_logging(LogSettings())
+    if args.command == "desk":
+        from shared.desk import run_desk
+
+        return run_desk(local.desk_port, local.desk_secrets_file)
+    from shared.demo import run_demo
+
+    return run_demo(local)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The whole system as `make run` starts it: `switchboard up` in a child process, with its
+own broker, store, services and desk on free ports. One mention goes in; one signed
+webhook comes out; Ctrl-C leaves nothing running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from shared.cli import LocalSettings, read_credentials
+from shared.embedded import free_port
+from tests.support import at_least, eventually, receiving
+
+PORTS = ("broker", "store", "ingest", "enrich", "router", "notify", "desk")
+
+
+@dataclass
+class System:
+    local: LocalSettings
+    process: subprocess.Popen[str]
+    credentials: dict[str, str]
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_AUTH_ADMIN_TOKEN']}"}
+
+    def publisher(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_PUBLISHER_KEY']}"}
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    env = dict(os.environ, SWITCHBOARD_HOME=str(tmp_path / "home"))
+    env.update({f"SWITCHBOARD_{name.upper()}_PORT": str(free_port()) for name in PORTS})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    local = LocalSettings.model_validate(
+        {"home": tmp_path / "home"}
+        | {f"{name}_port": int(env[f"SWITCHBOARD_{name.upper()}_PORT"]) for name in PORTS}
+    )
+    deadline = time.monotonic() + 90
+    while "SWITCHBOARD_PUBLISHER_KEY" not in read_credentials(local.credentials_file):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "switchboard up did not become ready"
+        time.sleep(0.25)
+    yield System(local, process, read_credentials(local.credentials_file))
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
+    system: System,
+) -> None:
+    local = system.local
+    async with receiving() as desk, httpx.AsyncClient(timeout=10) as http:
+        customer = await http.post(
+            f"{local.url('enrich')}/v1/customers",
+            json={
+                "name": "Ada",
+                "tier": "platinum",
+                "identities": [{"channel": "twitter", "handle": "@ada"}],
+            },
+            headers=system.admin(),
+        )
+        agent = await http.post(
+            f"{local.url('router')}/v1/agents",
+            json={"name": "Grace", "presence": "online"},
+            headers=system.admin(),
+        )
+        subscription = await http.post(
+            f"{local.url('notify')}/v1/subscriptions",
+            json={"url": desk.url, "filters": {"agent_id": agent.json()["id"]}},
+            headers=system.admin(),
+        )
+        posted = await http.post(
+            f"{local.url('ingest')}/v1/interactions",
+            json={
+                "channel": "twitter",
+                "source": "e2e",
+                "external_id": "1",
+                "author": {"handle": "ADA"},
+                "text": "Three weeks late and nobody answers. Terrible.",
+            },
+            headers=system.publisher(),
+        )
+        assert [r.status_code for r in (customer, agent, subscription, posted)] == [
+            201,
+            201,
+            201,
+            202,
+        ]
+
+        await eventually(lambda: at_least(desk.received, 1), timeout_s=60)
+        await asyncio.sleep(2.0)  # time for a wrong second delivery to show up
+
+    [(headers, body)] = desk.received
+    event = Webhook(subscription.json()["secret"]).verify(body, headers)
+    assert event["type"] == "io.switchboard.assignment.offered.v1"
+    assert event["data"]["interaction_id"] == posted.json()["id"]
+    assert event["data"]["queue"] == "priority"
+    assert event["data"]["agent_id"] == agent.json()["id"]
+    assert event["data"]["customer"] == {
+        "id": customer.json()["id"],
+        "tier": "platinum",
+        "value": 0.0,
+        "prospect": False,
+    }
+    assert json.loads(body)["data"]["sentiment"] == "negative"
+
+    children = children_of(system.process.pid)
+    assert len(children) == 7  # broker, store, four services, desk
+    system.process.send_signal(signal.SIGINT)
+    assert system.process.wait(timeout=60) == 0
+    assert [pid for pid in children if alive(pid)] == []

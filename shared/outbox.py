@@ -120,7 +120,9 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch of pending entries; returns how many were published."""
         entries = await self.outbox.pending(self.batch)
-        self.metrics.outbox_backlog.set(len(entries))
+        # A short batch is the whole backlog; a full one may have more behind it.
+        backlog = len(entries) if len(entries) < self.batch else await self.outbox.backlog()
+        self.metrics.outbox_backlog.set(backlog)
         if not entries:
             return 0
         producer = await self._connected_producer()

@@ -81,6 +81,19 @@ def require_admin(request: Request, credentials: Bearer) -> None:
 AdminOnly = Depends(require_admin)
 
 
+def app_service(request: Request) -> Any:
+    """Dependency: the service object ``create_app`` put on the app's state.
+
+    Each api module names its type: ``Annotated[IngestService, Depends(app_service)]``.
+    """
+    return request.app.state.service
+
+
+def public(doc: dict[str, Any], hide: Sequence[str] = ()) -> dict[str, Any]:
+    """A stored document as the API shows it: ``_id`` as ``id``, hidden fields left out."""
+    return {"id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id" and k not in hide}}
+
+
 def add_health_routes(app: FastAPI, checks: Sequence[ReadinessCheck]) -> None:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

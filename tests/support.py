@@ -8,18 +8,22 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, SecretStr
 
+from shared.embedded import EmbeddedStack
 from shared.events import CloudEvent, decode, encode
 from shared.http import Server
-from shared.settings import AuthSettings, KafkaSettings, MongoSettings
+from shared.settings import AuthSettings, KafkaSettings, MongoSettings, ServiceSettings
 
 ADMIN_TOKEN = "test-admin-token"
 T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 DataT = TypeVar("DataT", bound=BaseModel)
 
 
@@ -49,8 +53,34 @@ def auth_settings() -> AuthSettings:
     return AuthSettings(admin_token=SecretStr(ADMIN_TOKEN))
 
 
+def service_settings(
+    cls: type[SettingsT], stack: EmbeddedStack, namespace: str, run_dir: Path, **overrides: Any
+) -> SettingsT:
+    """A service's settings for one test: free port, fresh topics, groups and databases."""
+    return cls(
+        port=0,
+        data_dir=run_dir,
+        auth=auth_settings(),
+        kafka=kafka_settings(stack.bootstrap_servers, namespace),
+        mongo=mongo_settings(stack.mongo_url, namespace),
+        **overrides,
+    )
+
+
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@asynccontextmanager
+async def client_of(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve ``app`` over real HTTP and wait until its /readyz says ready."""
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        await eventually(lambda: _is_ready(http))
+        yield http
+
+
+async def _is_ready(http: httpx.AsyncClient) -> bool:
+    return (await http.get("/readyz")).status_code == 200
 
 
 @asynccontextmanager

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
 from services.enrich.repository import IdentityTaken
 from services.enrich.service import CustomerIn, EnrichService
-from shared.http import AdminOnly
+from shared.http import AdminOnly, app_service, public
 
 router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
 
 
-def get_service(request: Request) -> EnrichService:
-    service: EnrichService = request.app.state.service
-    return service
-
-
-Service = Annotated[EnrichService, Depends(get_service)]
-
-
-def customer_out(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+Service = Annotated[EnrichService, Depends(app_service)]
 
 
 @router.post("/customers", status_code=status.HTTP_201_CREATED)
@@ -33,7 +24,7 @@ async def create_customer(payload: CustomerIn, service: Service) -> dict[str, An
         raise HTTPException(
             status.HTTP_409_CONFLICT, "an identity already belongs to another customer"
         ) from exc
-    return customer_out(customer)
+    return public(customer)
 
 
 @router.get("/customers/{customer_id}")
@@ -41,4 +32,4 @@ async def get_customer(customer_id: str, service: Service) -> dict[str, Any]:
     customer = await service.get_customer(customer_id)
     if customer is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
-    return customer_out(customer)
+    return public(customer)

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from services.ingest.service import IngestService, InteractionIn
 from shared.events import Interaction
-from shared.http import AdminOnly, Bearer, unauthorized
+from shared.http import AdminOnly, Bearer, app_service, unauthorized
 
 router = APIRouter(prefix="/v1")
 
 
-def get_service(request: Request) -> IngestService:
-    service: IngestService = request.app.state.service
-    return service
-
-
-Service = Annotated[IngestService, Depends(get_service)]
+Service = Annotated[IngestService, Depends(app_service)]
 
 
 async def current_publisher(service: Service, credentials: Bearer) -> str:

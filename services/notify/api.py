@@ -4,27 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import JSONResponse
 
 from services.notify.delivery import EndpointRefused
 from services.notify.service import NotifyService, SubscriptionIn
-from shared.http import AdminOnly
+from shared.http import AdminOnly, app_service, public
 
 router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
 
 
-def get_service(request: Request) -> NotifyService:
-    service: NotifyService = request.app.state.service
-    return service
-
-
-Service = Annotated[NotifyService, Depends(get_service)]
+Service = Annotated[NotifyService, Depends(app_service)]
 
 
 def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
     """A subscription as the API shows it: never its signing secret."""
-    return {"id": doc["_id"], **{k: v for k, v in doc.items() if k not in ("_id", "secret")}}
+    return public(doc, hide=("secret",))
 
 
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=None)
@@ -65,7 +60,7 @@ async def list_deliveries(
         if value is not None
     }
     deliveries = await service.list_deliveries(filters, limit)
-    return [{"id": d["_id"], **{k: v for k, v in d.items() if k != "_id"}} for d in deliveries]
+    return [public(delivery) for delivery in deliveries]
 
 
 @router.get("/deliveries/{delivery_id}/attempts")

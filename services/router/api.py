@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
 from services.router.service import AgentIn, PresenceIn, RouterService
-from shared.http import AdminOnly
+from shared.http import AdminOnly, app_service, public
 
 router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
 
 
-def get_service(request: Request) -> RouterService:
-    service: RouterService = request.app.state.service
-    return service
-
-
-Service = Annotated[RouterService, Depends(get_service)]
-
-
-def public(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+Service = Annotated[RouterService, Depends(app_service)]
 
 
 @router.post("/agents", status_code=status.HTTP_201_CREATED)

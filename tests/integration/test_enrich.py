@@ -17,13 +17,10 @@ from shared.embedded import EmbeddedStack
 from shared.events import INTERACTION_RECEIVED, CloudEvent, EnrichedInteraction, Interaction, utcnow
 from tests.support import (
     admin_headers,
-    auth_settings,
-    eventually,
-    kafka_settings,
-    mongo_settings,
+    client_of,
     publish,
     read_topic,
-    serving,
+    service_settings,
 )
 
 
@@ -52,20 +49,14 @@ class Enrich:
 
 @pytest.fixture
 async def enrich(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Enrich]:
-    settings = EnrichSettings(
-        port=0,
-        data_dir=run_dir,
-        auth=auth_settings(),
-        kafka=kafka_settings(stack.bootstrap_servers, namespace),
-        mongo=mongo_settings(stack.mongo_url, namespace),
+    settings = service_settings(
+        EnrichSettings,
+        stack,
+        namespace,
+        run_dir,
     )
-    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
-        await eventually(lambda: _ready(http))
+    async with client_of(create_app(settings)) as http:
         yield Enrich(http, settings)
-
-
-async def _ready(http: httpx.AsyncClient) -> bool:
-    return (await http.get("/readyz")).status_code == 200
 
 
 def interaction(

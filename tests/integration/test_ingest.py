@@ -16,11 +16,9 @@ from shared.embedded import EmbeddedStack
 from shared.events import INTERACTION_RECEIVED, Interaction
 from tests.support import (
     admin_headers,
-    auth_settings,
-    kafka_settings,
-    mongo_settings,
+    client_of,
     read_topic,
-    serving,
+    service_settings,
 )
 
 
@@ -36,14 +34,13 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Ingest]:
-    settings = IngestSettings(
-        port=0,
-        data_dir=run_dir,
-        auth=auth_settings(),
-        kafka=kafka_settings(stack.bootstrap_servers, namespace),
-        mongo=mongo_settings(stack.mongo_url, namespace),
+    settings = service_settings(
+        IngestSettings,
+        stack,
+        namespace,
+        run_dir,
     )
-    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+    async with client_of(create_app(settings)) as http:
         created = await http.post(
             "/v1/publishers", json={"name": "listener"}, headers=admin_headers()
         )

@@ -29,14 +29,12 @@ from shared.events import (
 from tests.support import (
     admin_headers,
     at_least,
-    auth_settings,
+    client_of,
     eventually,
-    kafka_settings,
-    mongo_settings,
     publish,
     read_topic,
     receiving,
-    serving,
+    service_settings,
 )
 
 FAST_RETRIES = (0.1, 0.1, 0.1, 0.1)
@@ -82,15 +80,14 @@ def notify(stack: EmbeddedStack, namespace: str, run_dir: Path) -> NotifyFactory
 async def _running_notify(
     stack: EmbeddedStack, namespace: str, run_dir: Path, overrides: dict[str, Any]
 ) -> AsyncIterator[Notify]:
-    settings = NotifySettings(
-        port=0,
-        data_dir=run_dir,
-        auth=auth_settings(),
-        kafka=kafka_settings(stack.bootstrap_servers, namespace),
-        mongo=mongo_settings(stack.mongo_url, namespace),
+    settings = service_settings(
+        NotifySettings,
+        stack,
+        namespace,
+        run_dir,
         **({"allow_hosts": frozenset({"127.0.0.1"}), "retry_schedule_s": FAST_RETRIES} | overrides),
     )
-    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+    async with client_of(create_app(settings)) as http:
         yield Notify(http, settings)
 
 

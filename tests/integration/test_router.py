@@ -23,13 +23,11 @@ from shared.events import (
 )
 from tests.support import (
     admin_headers,
-    auth_settings,
+    client_of,
     eventually,
-    kafka_settings,
-    mongo_settings,
     publish,
     read_topic,
-    serving,
+    service_settings,
 )
 
 
@@ -74,14 +72,13 @@ class Router:
 
 @pytest.fixture
 async def router(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Router]:
-    settings = RouterSettings(
-        port=0,
-        data_dir=run_dir,
-        auth=auth_settings(),
-        kafka=kafka_settings(stack.bootstrap_servers, namespace),
-        mongo=mongo_settings(stack.mongo_url, namespace),
+    settings = service_settings(
+        RouterSettings,
+        stack,
+        namespace,
+        run_dir,
     )
-    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+    async with client_of(create_app(settings)) as http:
         yield Router(http, settings)
 
 

@@ -6,6 +6,7 @@ Handlers bind ``event_id``, ``interaction_id`` and ``customer_id`` with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -42,3 +43,13 @@ def configure_logging(settings: LogSettings) -> None:
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+def handling(
+    event_id: str, interaction_id: str, customer_id: str | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Bind the ids of the event being handled to every log line inside the block."""
+    ids = {"event_id": event_id, "interaction_id": interaction_id}
+    if customer_id is not None:
+        ids["customer_id"] = customer_id
+    return structlog.contextvars.bound_contextvars(**ids)

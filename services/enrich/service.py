@@ -26,11 +26,13 @@ from shared.events import (
     derived_event_id,
     utcnow,
 )
+from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
 from shared.topics import Topics
 
 SOURCE = "/switchboard/enrich"
+log = get_logger(__name__)
 PROSPECT = "prospect"
 
 
@@ -172,7 +174,14 @@ class EnrichService:
         """Enrich each interaction and store the enriched events for publishing."""
         entries = []
         for event in received:
-            enriched = await self.enrich(event.data)
+            with handling(event.id, event.data.id):
+                enriched = await self.enrich(event.data)
+                log.info(
+                    "enriched",
+                    customer_id=enriched.customer.id,
+                    tier=enriched.customer.tier,
+                    sentiment=enriched.sentiment.label,
+                )
             entries.append(
                 (self.topics.enriched, enriched.customer.id, enriched_event(event, enriched))
             )

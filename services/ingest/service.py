@@ -19,11 +19,13 @@ from shared.events import (
     Interaction,
     utcnow,
 )
+from shared.logging import get_logger
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
 
 SOURCE = "/switchboard/ingest"
+log = get_logger(__name__)
 
 
 class InteractionIn(BaseModel):
@@ -100,6 +102,12 @@ class IngestService:
             interaction, duplicate = original, True
         await self.outbox.add(
             [(self.topics.received, author_key(interaction), received_event(interaction))]
+        )
+        log.info(
+            "duplicate" if duplicate else "accepted",
+            interaction_id=interaction.id,
+            publisher_id=publisher_id,
+            channel=interaction.channel.value,
         )
         return Accepted(interaction.id, duplicate)
 

@@ -152,6 +152,13 @@ class NotifyService:
             if wants(subscription, event)
         ]
         await self.repository.insert_deliveries(deliveries)
+        for delivery in deliveries:
+            log.info(
+                "delivery stored",
+                event_id=delivery["event_id"],
+                delivery_id=delivery["_id"],
+                subscription_id=delivery["subscription_id"],
+            )
         if deliveries:
             self.wakeup.set()
 
@@ -238,6 +245,14 @@ class NotifyService:
         outcome: Attempt | None,
     ) -> None:
         attempts_made = int(delivery["attempt_count"]) + 1
+        log.info(
+            "delivery attempt",
+            event_id=delivery["event_id"],
+            delivery_id=delivery["_id"],
+            attempt=attempts_made,
+            status_code=record["status_code"],
+            error=record["error"],
+        )
         if outcome is not None and outcome.ok:
             await self.repository.record_attempt(
                 delivery["_id"],

@@ -21,11 +21,13 @@ from shared.events import (
     derived_event_id,
     utcnow,
 )
+from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
 from shared.topics import Topics
 
 SOURCE = "/switchboard/router"
+log = get_logger(__name__)
 Presence = Literal["online", "away", "offline"]
 
 
@@ -146,7 +148,9 @@ class RouterService:
     async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
         """One at a time, in order: each item's offer depends on the ones before it."""
         for event in events:
-            await self.accept_item(event.data)
+            item = event.data
+            with handling(event.id, item.interaction.id, item.customer.id):
+                await self.accept_item(item)
 
     async def accept_item(self, enriched: EnrichedInteraction) -> None:
         item = new_item(enriched, route(enriched))
@@ -155,8 +159,8 @@ class RouterService:
             if stored is None:
                 return
             item = stored
-        if item["state"] == "queued":
-            await self.offer(item)
+        if item["state"] == "queued" and not await self.offer(item):
+            log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
         elif item["state"] == "offered":
             # Redelivered after the offer was stored: make sure its event is too.
             await self.publish_offer(item)
@@ -171,6 +175,13 @@ class RouterService:
             await self.repository.release_agent(agent["_id"])
             return True
         await self.publish_offer(offered)
+        log.info(
+            "offered",
+            interaction_id=offered["_id"],
+            agent_id=agent["_id"],
+            queue=offered["queue"],
+            priority=offered["priority"],
+        )
         return True
 
     async def publish_offer(self, item: Document) -> None:

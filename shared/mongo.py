@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -29,6 +30,15 @@ async def ping(db: AsyncDatabase[Document]) -> bool:
     except PyMongoError:
         return False
     return True
+
+
+def epoch_ms(at: datetime) -> int:
+    """A time as integer milliseconds, for fields that queries compare and updates ``$set``.
+
+    The embedded store keeps a datetime written by a top-level ``$set`` as a string, which
+    no longer compares as a time; an integer behaves the same in MongoDB and in it.
+    """
+    return int(at.timestamp() * 1000)
 
 
 def only_duplicates(error: BulkWriteError) -> bool:

@@ -63,6 +63,10 @@ class Outbox:
             {"$set": {"pending": False, "published_at": utcnow()}},
         )
 
+    async def find(self, event_id: str) -> Document | None:
+        # No projection: the embedded store returns dates as strings under one.
+        return await self.collection.find_one({"_id": event_id})
+
     async def backlog(self) -> int:
         return await self.collection.count_documents({"pending": True})
 

@@ -2,71 +2,202 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.ingest.service import IngestService, InteractionIn
-from shared.events import Interaction
-from shared.http import AdminOnly, Bearer, app_service, unauthorized
+from services.ingest.config import IngestSettings
+from services.ingest.service import (
+    BadRequest,
+    ContentKind,
+    IngestService,
+    InteractionIn,
+    Outcome,
+    Publisher,
+    unpack,
+)
+from shared.events import Channel
+from shared.http import AdminOnly, Bearer, app_service, public, unauthorized
 
 router = APIRouter(prefix="/v1")
 
-
 Service = Annotated[IngestService, Depends(app_service)]
 
+CONTENT_KINDS: dict[str, ContentKind] = {
+    "application/json": "json",
+    "application/cloudevents+json": "cloudevent",
+    "application/cloudevents-batch+json": "cloudevents-batch",
+}
 
-async def current_publisher(service: Service, credentials: Bearer) -> str:
+
+def settings_of(request: Request) -> IngestSettings:
+    settings: IngestSettings = request.app.state.runtime.settings
+    return settings
+
+
+Settings = Annotated[IngestSettings, Depends(settings_of)]
+
+
+async def current_publisher(service: Service, credentials: Bearer) -> Publisher:
     """The publisher whose API key the request carries."""
     if credentials is None:
         raise unauthorized()
-    publisher_id = await service.publisher_for_key(credentials.credentials)
-    if publisher_id is None:
+    publisher = await service.publisher_for_key(credentials.credentials)
+    if publisher is None:
         raise unauthorized("unknown or revoked API key")
-    return publisher_id
+    return publisher
 
 
-Publisher = Annotated[str, Depends(current_publisher)]
+CurrentPublisher = Annotated[Publisher, Depends(current_publisher)]
 
 
-class AcceptedOut(BaseModel):
-    id: str
-    status: str
+def problem(
+    code: int, field: str, reason: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=code, content={"detail": [{"field": field, "reason": reason}]}, headers=headers
+    )
+
+
+def content_kind(request: Request) -> ContentKind | None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return CONTENT_KINDS.get(media_type)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it is over ``limit`` bytes (declared or actually sent)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+INTERACTIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        InteractionIn.model_json_schema(
+                            ref_template="#/components/schemas/{model}"
+                        ),
+                        {"type": "array", "items": {"$ref": "#/components/schemas/InteractionIn"}},
+                    ]
+                }
+            },
+            "application/cloudevents+json": {"schema": {"type": "object"}},
+            "application/cloudevents-batch+json": {"schema": {"type": "array"}},
+        },
+    }
+}
 
 
 @router.post(
     "/interactions",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={200: {"model": AcceptedOut, "description": "A repeat: the original's id"}},
+    openapi_extra=INTERACTIONS_BODY,
+    responses={
+        200: {"description": "A repeat (the original's id), or a batch's per-item outcomes"},
+        413: {"description": "Body over the size limit"},
+        415: {"description": "Not JSON or CloudEvents JSON"},
+        422: {"description": "Invalid fields, each named with the reason"},
+        429: {"description": "Over the publisher's rate limit; see Retry-After"},
+    },
 )
-async def post_interaction(
-    payload: InteractionIn, service: Service, publisher: Publisher, response: Response
-) -> AcceptedOut:
-    accepted = await service.accept(payload, publisher)
-    if accepted.duplicate:
-        response.status_code = status.HTTP_200_OK
-        return AcceptedOut(id=accepted.interaction_id, status="duplicate")
-    return AcceptedOut(id=accepted.interaction_id, status="accepted")
+async def post_interactions(
+    request: Request, service: Service, publisher: CurrentPublisher, settings: Settings
+) -> JSONResponse:
+    """One interaction (JSON object), a batch (JSON array), or CloudEvents (structured or batch)."""
+    kind = content_kind(request)
+    if kind is None:
+        return problem(415, "content-type", "send application/json or CloudEvents JSON")
+    body = await read_body(request, settings.max_body_bytes)
+    if body is None:
+        return problem(413, "body", f"larger than {settings.max_body_bytes} bytes")
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return problem(400, "body", "not valid JSON")
+    try:
+        unpacked = unpack(kind, decoded, settings.max_batch)
+    except BadRequest as exc:
+        return JSONResponse(status_code=422, content={"detail": exc.errors})
+    wait = service.throttle(publisher, len(unpacked.items))
+    if wait > 0:
+        retry_after = str(max(1, math.ceil(wait)))
+        return problem(
+            429, "body", "over this publisher's rate limit", {"Retry-After": retry_after}
+        )
+    outcomes = await service.accept(unpacked.items, publisher)
+    if unpacked.batch:
+        return JSONResponse(status_code=200, content=batch_answer(outcomes))
+    return single_answer(outcomes[0])
+
+
+def single_answer(outcome: Outcome) -> JSONResponse:
+    codes = {"accepted": 202, "duplicate": 200, "rejected": 422, "forbidden": 403}
+    if outcome.errors:
+        return JSONResponse(status_code=codes[outcome.status], content={"detail": outcome.errors})
+    return JSONResponse(
+        status_code=codes[outcome.status], content={"id": outcome.id, "status": outcome.status}
+    )
+
+
+def batch_answer(outcomes: list[Outcome]) -> dict[str, Any]:
+    counts = {s: 0 for s in ("accepted", "duplicate", "rejected", "forbidden")}
+    results = []
+    for index, outcome in enumerate(outcomes):
+        counts[outcome.status] += 1
+        result: dict[str, Any] = {"index": index, "status": outcome.status}
+        if outcome.id is not None:
+            result["id"] = outcome.id
+        if outcome.errors:
+            result["errors"] = outcome.errors
+        results.append(result)
+    return {**counts, "results": results}
 
 
 @router.get("/interactions/{interaction_id}")
-async def get_interaction(interaction_id: str, service: Service, _: Publisher) -> Interaction:
-    interaction = await service.get(interaction_id)
-    if interaction is None:
+async def get_interaction(
+    interaction_id: str, service: Service, _: CurrentPublisher
+) -> dict[str, Any]:
+    """The interaction, when ingest stored it and when its event was published."""
+    found = await service.get(interaction_id)
+    if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such interaction")
-    return interaction
+    return found
 
 
 class PublisherIn(BaseModel):
     name: str = Field(min_length=1, max_length=128)
+    channels: list[Channel] | None = Field(default=None, max_length=32)
+    sources: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=64
+    )
 
 
 @router.post("/publishers", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])
 async def create_publisher(payload: PublisherIn, service: Service) -> dict[str, Any]:
-    """The key is shown here once; only its hash is stored."""
-    publisher = await service.create_publisher(payload.name)
+    """The key is shown here once; only its hash is stored. Limit it to some channels or
+    sources, or leave those out to allow all."""
+    channels = [c.value for c in payload.channels] if payload.channels is not None else None
+    publisher = await service.create_publisher(payload.name, channels, payload.sources)
     return {"id": publisher.id, "name": publisher.name, "api_key": publisher.api_key}
+
+
+@router.get("/publishers", dependencies=[AdminOnly])
+async def list_publishers(service: Service) -> list[dict[str, Any]]:
+    return [public(doc) for doc in await service.list_publishers()]
 
 
 @router.post(

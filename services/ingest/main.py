@@ -13,5 +13,10 @@ def create_app(settings: IngestSettings) -> FastAPI:
     runtime = Runtime.create("ingest", settings)
     repository = IngestRepository(runtime.db)
     app = service_app(runtime, [api.router], startup=[repository.ensure_indexes])
-    app.state.service = IngestService(repository, runtime.outbox, settings.kafka.topics)
+    app.state.service = IngestService(
+        repository,
+        runtime.outbox,
+        settings.kafka.topics,
+        (settings.rate_limit_per_s, settings.rate_limit_burst),
+    )
     return app

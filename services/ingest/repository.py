@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from shared.events import Interaction
-from shared.mongo import Document
+from shared.mongo import DUPLICATE_KEY, Document
 
 
 class IngestRepository:
@@ -22,25 +24,49 @@ class IngestRepository:
         )
         await self.publishers.create_index([("key_hash", ASCENDING)], unique=True)
 
-    async def insert_interaction(self, interaction: Interaction, publisher_id: str) -> None:
-        """Raises DuplicateKeyError when (source, external_id) is already stored."""
-        await self.interactions.insert_one(
+    async def insert_interactions(
+        self, interactions: Sequence[Interaction], publisher_id: str, at: datetime
+    ) -> set[int]:
+        """Store what is new in one round trip; returns the positions that were repeats
+        of a stored (source, external_id), earlier ones in the same batch included."""
+        if not interactions:
+            return set()
+        docs = [
             {
                 "_id": interaction.id,
                 "source": interaction.source,
                 "external_id": interaction.external_id,
                 "publisher_id": publisher_id,
+                "stored_at": at,
                 "interaction": interaction.model_dump(mode="json"),
             }
-        )
+            for interaction in interactions
+        ]
+        try:
+            await self.interactions.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            failures = error.details.get("writeErrors", [])
+            if any(failure.get("code") != DUPLICATE_KEY for failure in failures):
+                raise
+            return {int(failure["index"]) for failure in failures}
+        return set()
 
-    async def find_interaction(self, interaction_id: str) -> Interaction | None:
-        doc = await self.interactions.find_one({"_id": interaction_id})
-        return Interaction.model_validate(doc["interaction"]) if doc else None
+    async def find_by_external_ids(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Interaction]:
+        if not keys:
+            return {}
+        wanted = set(keys)
+        cursor = self.interactions.find({"external_id": {"$in": sorted({e for _, e in keys})}})
+        found = {}
+        async for doc in cursor:
+            key = (doc["source"], doc["external_id"])
+            if key in wanted:
+                found[key] = Interaction.model_validate(doc["interaction"])
+        return found
 
-    async def find_by_external_id(self, source: str, external_id: str) -> Interaction | None:
-        doc = await self.interactions.find_one({"source": source, "external_id": external_id})
-        return Interaction.model_validate(doc["interaction"]) if doc else None
+    async def find_interaction(self, interaction_id: str) -> Document | None:
+        return await self.interactions.find_one({"_id": interaction_id})
 
     async def insert_publisher(self, publisher: Document) -> None:
         await self.publishers.insert_one(publisher)

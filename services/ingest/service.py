@@ -1,13 +1,18 @@
-"""Ingest's domain: accept an interaction once, store it with its event, manage publishers."""
+"""Ingest's domain: take interactions in (one, a batch, or CloudEvents), accept each once,
+store it with its event, and manage the publishers allowed to send them."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
-from pymongo.errors import DuplicateKeyError
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError
 
 from services.ingest.repository import IngestRepository
 from shared.events import (
@@ -19,13 +24,18 @@ from shared.events import (
     Interaction,
     utcnow,
 )
+from shared.http import field_errors
 from shared.logging import get_logger
+from shared.mongo import Document
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
 
 SOURCE = "/switchboard/ingest"
 log = get_logger(__name__)
+
+FieldError = dict[str, str]
+ContentKind = Literal["json", "cloudevent", "cloudevents-batch"]
 
 
 class InteractionIn(BaseModel):
@@ -46,10 +56,99 @@ class InteractionIn(BaseModel):
     attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=64)
 
 
+class CloudEventIn(BaseModel):
+    """A CloudEvents 1.0 structured-mode envelope whose data is an interaction."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1)
+    data: dict[str, Any]
+
+
+_INTERACTION = TypeAdapter(InteractionIn)
+_CLOUDEVENT = TypeAdapter(CloudEventIn)
+
+
+class BadRequest(ValueError):
+    """The body as a whole is unusable (not an item of it)."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
 @dataclass(frozen=True)
-class Accepted:
-    interaction_id: str
-    duplicate: bool
+class Unpacked:
+    """A request body taken apart: each item parsed, or the reasons it could not be."""
+
+    batch: bool
+    items: list[InteractionIn | list[FieldError]]
+
+
+def unpack(kind: ContentKind, body: Any, max_batch: int) -> Unpacked:
+    """Parse a decoded body of the given content kind into interactions.
+
+    Plain JSON is one interaction or an array of them. CloudEvents carry the interaction
+    as ``data``; their ``source`` and ``id`` stand in for a missing source and external id,
+    since (source, id) is what identifies a CloudEvent.
+    """
+    batch = kind == "cloudevents-batch" or (kind == "json" and isinstance(body, list))
+    raw_items = body if batch else [body]
+    if not isinstance(raw_items, list):
+        raise BadRequest([{"field": "body", "reason": "must be a JSON array of CloudEvents"}])
+    if not raw_items:
+        raise BadRequest([{"field": "body", "reason": "the batch is empty"}])
+    if len(raw_items) > max_batch:
+        reason = f"a batch holds at most {max_batch} items, not {len(raw_items)}"
+        raise BadRequest([{"field": "body", "reason": reason}])
+    parse = _parse_interaction if kind == "json" else _parse_cloudevent
+    return Unpacked(batch, [parse(item) for item in raw_items])
+
+
+def _parse_interaction(item: Any) -> InteractionIn | list[FieldError]:
+    try:
+        return _INTERACTION.validate_python(item)
+    except ValidationError as error:
+        return field_errors(error.errors())
+
+
+def _parse_cloudevent(item: Any) -> InteractionIn | list[FieldError]:
+    try:
+        envelope = _CLOUDEVENT.validate_python(item)
+    except ValidationError as error:
+        return field_errors(error.errors())
+    data = {"source": envelope.source, "external_id": envelope.id, **envelope.data}
+    parsed = _parse_interaction(data)
+    if isinstance(parsed, list):
+        return [{"field": f"data.{e['field']}", "reason": e["reason"]} for e in parsed]
+    return parsed
+
+
+@dataclass(frozen=True)
+class Publisher:
+    id: str
+    name: str
+    channels: frozenset[str] | None = None
+    sources: frozenset[str] | None = None
+
+    def scope_errors(self, item: InteractionIn) -> list[FieldError]:
+        """Why this publisher may not send this item, if it may not."""
+        errors = []
+        if self.channels is not None and item.channel.value not in self.channels:
+            errors.append({"field": "channel", "reason": "outside this API key's channels"})
+        if self.sources is not None and item.source not in self.sources:
+            errors.append({"field": "source", "reason": "outside this API key's sources"})
+        return errors
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["accepted", "duplicate", "rejected", "forbidden"]
+    id: str | None = None
+    errors: list[FieldError] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -57,6 +156,36 @@ class NewPublisher:
     id: str
     name: str
     api_key: str
+
+
+class TokenBucket:
+    """Allows ``rate`` units a second on average and bursts up to ``burst``."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens, self.updated = float(burst), clock()
+
+    def take(self, units: int) -> float:
+        """Take ``units`` now and return 0, or return the seconds until they would be there."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        needed = min(units, self.burst)  # a batch bigger than the burst waits for a full bucket
+        if self.tokens >= needed:
+            self.tokens -= needed
+            return 0.0
+        return (needed - self.tokens) / self.rate
+
+
+@cache
+def outcomes_counter() -> Counter:
+    return Counter(
+        "switchboard_ingest_interactions",
+        "Interactions taken in, by publisher, channel and outcome",
+        ["publisher", "channel", "outcome"],
+    )
 
 
 def author_key(interaction: Interaction) -> str:
@@ -76,50 +205,111 @@ def received_event(interaction: Interaction) -> CloudEvent[Interaction]:
 
 
 class IngestService:
-    def __init__(self, repository: IngestRepository, outbox: Outbox, topics: Topics) -> None:
+    def __init__(
+        self,
+        repository: IngestRepository,
+        outbox: Outbox,
+        topics: Topics,
+        rate_limit: tuple[float, int],
+    ) -> None:
         self.repository = repository
         self.outbox = outbox
         self.topics = topics
+        self.rate_limit = rate_limit
+        self.buckets: dict[str, TokenBucket] = {}
 
-    async def accept(self, payload: InteractionIn, publisher_id: str) -> Accepted:
-        """Store the interaction and its event; a repeat of (source, external_id) changes nothing.
+    def throttle(self, publisher: Publisher, units: int) -> float:
+        """Seconds the publisher must wait before sending ``units`` interactions; 0 if none."""
+        bucket = self.buckets.get(publisher.id)
+        if bucket is None:
+            bucket = self.buckets[publisher.id] = TokenBucket(*self.rate_limit)
+        return bucket.take(units)
 
-        On a repeat the original's event is stored again (a no-op when it is there), which
-        heals a crash between the two writes of the first attempt.
+    async def accept(
+        self, items: Sequence[InteractionIn | list[FieldError]], publisher: Publisher
+    ) -> list[Outcome]:
+        """Store each new interaction and its event; a repeat of (source, external_id)
+        answers with the original's id and stores nothing new.
+
+        For a repeat the original's event is stored again (a no-op when it is there),
+        which heals a crash between the two writes of the first attempt.
         """
-        interaction = Interaction(
-            id=str(uuid.uuid4()), received_at=utcnow(), **payload.model_dump(exclude_unset=False)
+        outcomes: list[Outcome] = []
+        fresh: list[tuple[int, Interaction]] = []
+        now = utcnow()
+        for position, item in enumerate(items):
+            if isinstance(item, list):
+                outcomes.append(Outcome("rejected", errors=item))
+            elif errors := publisher.scope_errors(item):
+                outcomes.append(Outcome("forbidden", errors=errors))
+            else:
+                outcomes.append(Outcome("accepted"))
+                fresh.append((position, _new_interaction(item, now)))
+        repeats = await self.repository.insert_interactions(
+            [i for _, i in fresh], publisher.id, now
         )
-        try:
-            await self.repository.insert_interaction(interaction, publisher_id)
-            duplicate = False
-        except DuplicateKeyError:
-            original = await self.repository.find_by_external_id(
-                payload.source, payload.external_id
-            )
-            if original is None:  # erased since the insert failed: try again
-                return await self.accept(payload, publisher_id)
-            interaction, duplicate = original, True
+        originals = await self.repository.find_by_external_ids(
+            [(fresh[k][1].source, fresh[k][1].external_id) for k in sorted(repeats)]
+        )
+        published: list[Interaction] = []
+        for k, (position, interaction) in enumerate(fresh):
+            if k not in repeats:
+                outcomes[position] = Outcome("accepted", interaction.id)
+                published.append(interaction)
+            elif original := originals.get((interaction.source, interaction.external_id)):
+                outcomes[position] = Outcome("duplicate", original.id)
+                published.append(original)
+            else:  # erased between the insert and the look-up
+                retry = [{"field": "external_id", "reason": "changed concurrently; send again"}]
+                outcomes[position] = Outcome("rejected", errors=retry)
         await self.outbox.add(
-            [(self.topics.received, author_key(interaction), received_event(interaction))]
+            [(self.topics.received, author_key(i), received_event(i)) for i in published]
         )
+        self._count(publisher, items, outcomes)
+        return outcomes
+
+    def _count(
+        self,
+        publisher: Publisher,
+        items: Sequence[InteractionIn | list[FieldError]],
+        outcomes: Sequence[Outcome],
+    ) -> None:
+        counter = outcomes_counter()
+        for item, outcome in zip(items, outcomes, strict=True):
+            channel = item.channel.value if isinstance(item, InteractionIn) else "unknown"
+            counter.labels(publisher=publisher.name, channel=channel, outcome=outcome.status).inc()
         log.info(
-            "duplicate" if duplicate else "accepted",
-            interaction_id=interaction.id,
-            publisher_id=publisher_id,
-            channel=interaction.channel.value,
+            "interactions taken in",
+            publisher_id=publisher.id,
+            **{
+                s: sum(o.status == s for o in outcomes)
+                for s in ("accepted", "duplicate", "rejected", "forbidden")
+            },
         )
-        return Accepted(interaction.id, duplicate)
 
-    async def get(self, interaction_id: str) -> Interaction | None:
-        return await self.repository.find_interaction(interaction_id)
+    async def get(self, interaction_id: str) -> Document | None:
+        """What ingest knows of an interaction: it, when it was stored and when published."""
+        doc = await self.repository.find_interaction(interaction_id)
+        if doc is None:
+            return None
+        entry = await self.outbox.find(interaction_id)
+        return {
+            "interaction": doc["interaction"],
+            "publisher_id": doc["publisher_id"],
+            "stored_at": doc.get("stored_at"),
+            "published_at": entry.get("published_at") if entry else None,
+        }
 
-    async def create_publisher(self, name: str) -> NewPublisher:
+    async def create_publisher(
+        self, name: str, channels: list[str] | None, sources: list[str] | None
+    ) -> NewPublisher:
         publisher_id, key = str(uuid.uuid4()), new_api_key("sbp")
         await self.repository.insert_publisher(
             {
                 "_id": publisher_id,
                 "name": name,
+                "channels": channels,
+                "sources": sources,
                 "key_hash": hash_api_key(key),
                 "created_at": utcnow(),
                 "revoked_at": None,
@@ -127,9 +317,24 @@ class IngestService:
         )
         return NewPublisher(publisher_id, name, key)
 
-    async def publisher_for_key(self, key: str) -> str | None:
-        publisher = await self.repository.find_publisher_by_key_hash(hash_api_key(key))
-        return str(publisher["_id"]) if publisher else None
+    async def publisher_for_key(self, key: str) -> Publisher | None:
+        doc = await self.repository.find_publisher_by_key_hash(hash_api_key(key))
+        if doc is None:
+            return None
+        channels, sources = doc.get("channels"), doc.get("sources")
+        return Publisher(
+            id=str(doc["_id"]),
+            name=str(doc["name"]),
+            channels=frozenset(channels) if channels is not None else None,
+            sources=frozenset(sources) if sources is not None else None,
+        )
+
+    async def list_publishers(self) -> list[Document]:
+        return await self.repository.list_publishers()
 
     async def revoke_publisher(self, publisher_id: str) -> bool:
         return await self.repository.revoke_publisher(publisher_id, utcnow())
+
+
+def _new_interaction(item: InteractionIn, at: datetime) -> Interaction:
+    return Interaction(id=str(uuid.uuid4()), received_at=at, **item.model_dump())

@@ -10,7 +10,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from shared.mongo import Document, only_duplicates
+from shared.mongo import Document, epoch_ms, only_duplicates
 
 
 class NotifyRepository:
@@ -20,7 +20,7 @@ class NotifyRepository:
         self.attempts = db["attempts"]
 
     async def ensure_indexes(self) -> None:
-        await self.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
+        await self.deliveries.create_index([("status", ASCENDING), ("next_attempt_ms", ASCENDING)])
         await self.deliveries.create_index(
             [("subscription_id", ASCENDING), ("created_at", ASCENDING)]
         )
@@ -55,9 +55,9 @@ class NotifyRepository:
         If this worker dies mid-attempt, the lease runs out and the delivery is tried again.
         """
         return await self.deliveries.find_one_and_update(
-            {"status": "pending", "next_attempt_at": {"$lte": now}},
-            {"$set": {"next_attempt_at": lease_until}},
-            sort=[("next_attempt_at", ASCENDING)],
+            {"status": "pending", "next_attempt_ms": {"$lte": epoch_ms(now)}},
+            {"$set": {"next_attempt_ms": epoch_ms(lease_until)}},
+            sort=[("next_attempt_ms", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
 

@@ -35,7 +35,7 @@ from shared.events import (
     utcnow,
 )
 from shared.logging import get_logger
-from shared.mongo import Document
+from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.topics import Topics
 
@@ -87,7 +87,7 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "status": "pending",
         "attempt_count": 0,
         "last_attempt": None,
-        "next_attempt_at": now,
+        "next_attempt_ms": epoch_ms(now),
         "created_at": now,
     }
 
@@ -290,7 +290,7 @@ class NotifyService:
             return
         retry_at: datetime = record["at"] + timedelta(seconds=delay)
         await self.repository.record_attempt(
-            delivery["_id"], attempts_made, record, {"next_attempt_at": retry_at}
+            delivery["_id"], attempts_made, record, {"next_attempt_ms": epoch_ms(retry_at)}
         )
 
 

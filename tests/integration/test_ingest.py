@@ -17,6 +17,7 @@ from shared.events import INTERACTION_RECEIVED, Interaction
 from tests.support import (
     admin_headers,
     client_of,
+    eventually,
     read_topic,
     service_settings,
 )
@@ -91,10 +92,10 @@ async def test_stored_interaction_can_be_read_back(ingest: Ingest) -> None:
     posted = await ingest.http.post("/v1/interactions", json=mention(), headers=ingest.headers())
     interaction_id = posted.json()["id"]
 
-    answer = await ingest.http.get(f"/v1/interactions/{interaction_id}", headers=ingest.headers())
+    answer = await eventually(lambda: _published(ingest, interaction_id))
 
-    assert answer.status_code == 200
-    assert answer.json()["author"]["handle"] == "@Ada_L"
+    assert answer["interaction"]["author"]["handle"] == "@Ada_L"
+    assert answer["stored_at"]
 
 
 @pytest.mark.parametrize(
@@ -145,3 +146,10 @@ async def test_publisher_admin_needs_the_admin_token(ingest: Ingest) -> None:
 async def test_health_and_readiness_reflect_the_database(ingest: Ingest) -> None:
     assert (await ingest.http.get("/healthz")).status_code == 200
     assert (await ingest.http.get("/readyz")).json() == {"status": "ready"}
+
+
+async def _published(ingest: Ingest, interaction_id: str) -> dict[str, Any] | None:
+    answer = await ingest.http.get(f"/v1/interactions/{interaction_id}", headers=ingest.headers())
+    assert answer.status_code == 200
+    body: dict[str, Any] = answer.json()
+    return body if body["published_at"] else None

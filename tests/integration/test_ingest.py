@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.ingest.config import IngestSettings
 from services.ingest.main import create_app
-from shared.embedded import EmbeddedStack
+from shared.embedded import EmbeddedStack, free_port
 from shared.events import INTERACTION_RECEIVED, Interaction
 from tests.support import (
     admin_headers,
@@ -33,20 +38,23 @@ class Ingest:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture
-async def ingest(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Ingest]:
-    settings = service_settings(
-        IngestSettings,
-        stack,
-        namespace,
-        run_dir,
-    )
+@asynccontextmanager
+async def running_ingest(
+    stack: EmbeddedStack, namespace: str, run_dir: Path, **overrides: Any
+) -> AsyncIterator[Ingest]:
+    settings = service_settings(IngestSettings, stack, namespace, run_dir, **overrides)
     async with client_of(create_app(settings)) as http:
         created = await http.post(
             "/v1/publishers", json={"name": "listener"}, headers=admin_headers()
         )
         assert created.status_code == 201
         yield Ingest(http, settings, created.json()["api_key"])
+
+
+@pytest.fixture
+async def ingest(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Ingest]:
+    async with running_ingest(stack, namespace, run_dir) as running:
+        yield running
 
 
 def mention(external_id: str = "tw-1", **overrides: Any) -> dict[str, Any]:
@@ -153,3 +161,174 @@ async def _published(ingest: Ingest, interaction_id: str) -> dict[str, Any] | No
     assert answer.status_code == 200
     body: dict[str, Any] = answer.json()
     return body if body["published_at"] else None
+
+
+async def test_batch_gives_each_item_its_outcome_and_one_event_per_new_item(ingest: Ingest) -> None:
+    earlier = [mention(f"old-{n}") for n in range(10)]
+    first = await ingest.http.post("/v1/interactions", json=earlier, headers=ingest.headers())
+    invalid = [mention(f"bad-{n}", channel="carrier-pigeon") for n in range(10)]
+    new = [mention(f"new-{n}") for n in range(980)]
+
+    answer = await ingest.http.post(
+        "/v1/interactions", json=[*invalid, *earlier, *new], headers=ingest.headers()
+    )
+
+    assert first.status_code == 200
+    body = answer.json()
+    assert answer.status_code == 200
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (980, 10, 10)
+    assert [e["field"] for e in body["results"][0]["errors"]] == ["channel"]
+    assert [r["id"] for r in body["results"][10:20]] == [r["id"] for r in first.json()["results"]]
+    topic = ingest.settings.kafka.topics.received
+    events = await read_topic(
+        ingest.settings.kafka, topic, Interaction, 990, timeout_s=60, settle_s=1.0
+    )
+    assert len(events) == 990
+    assert len({event.id for _, event in events}) == 990
+
+
+async def test_cloudevents_structured_and_batch_are_accepted(ingest: Ingest) -> None:
+    def cloudevent(event_id: str) -> dict[str, Any]:
+        data = {k: v for k, v in mention().items() if k not in ("source", "external_id")}
+        return {"specversion": "1.0", "id": event_id, "source": "crm", "type": "post", "data": data}
+
+    one = await ingest.http.post(
+        "/v1/interactions",
+        content=json.dumps(cloudevent("ce-1")),
+        headers=ingest.headers() | {"content-type": "application/cloudevents+json"},
+    )
+    many = await ingest.http.post(
+        "/v1/interactions",
+        content=json.dumps([cloudevent("ce-1"), cloudevent("ce-2"), {"specversion": "0.3"}]),
+        headers=ingest.headers() | {"content-type": "application/cloudevents-batch+json"},
+    )
+
+    assert one.status_code == 202
+    assert [r["status"] for r in many.json()["results"]] == ["duplicate", "accepted", "rejected"]
+    assert many.json()["results"][0]["id"] == one.json()["id"]
+    stored = await ingest.http.get(f"/v1/interactions/{one.json()['id']}", headers=ingest.headers())
+    assert (
+        stored.json()["interaction"]["source"],
+        stored.json()["interaction"]["external_id"],
+    ) == ("crm", "ce-1")
+
+
+async def test_wrong_content_type_gets_415_and_broken_json_400(ingest: Ingest) -> None:
+    xml = await ingest.http.post(
+        "/v1/interactions",
+        content="<post/>",
+        headers=ingest.headers() | {"content-type": "application/xml"},
+    )
+    broken = await ingest.http.post(
+        "/v1/interactions",
+        content="{not json",
+        headers=ingest.headers() | {"content-type": "application/json"},
+    )
+    empty = await ingest.http.post("/v1/interactions", json=[], headers=ingest.headers())
+
+    assert (xml.status_code, xml.json()["detail"][0]["field"]) == (415, "content-type")
+    assert (broken.status_code, broken.json()["detail"][0]["field"]) == (400, "body")
+    assert (empty.status_code, empty.json()["detail"][0]["field"]) == (422, "body")
+
+
+async def test_key_used_outside_its_scope_gets_403(ingest: Ingest) -> None:
+    created = await ingest.http.post(
+        "/v1/publishers",
+        json={"name": "forum bridge", "channels": ["forum"], "sources": ["bridge"]},
+        headers=admin_headers(),
+    )
+    scoped = {"Authorization": f"Bearer {created.json()['api_key']}"}
+
+    outside = await ingest.http.post("/v1/interactions", json=mention(), headers=scoped)
+    inside = await ingest.http.post(
+        "/v1/interactions", json=mention(channel="forum", source="bridge"), headers=scoped
+    )
+
+    assert outside.status_code == 403
+    assert {e["field"] for e in outside.json()["detail"]} == {"channel", "source"}
+    assert inside.status_code == 202
+
+
+async def test_over_rate_publisher_gets_429_with_retry_after(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_ingest(
+        stack, namespace, run_dir, rate_limit_per_s=0.5, rate_limit_burst=2
+    ) as ingest:
+        answers = [
+            await ingest.http.post(
+                "/v1/interactions", json=mention(f"r{n}"), headers=ingest.headers()
+            )
+            for n in range(3)
+        ]
+
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert int(answers[2].headers["retry-after"]) >= 1
+
+
+async def test_body_over_the_limit_gets_413(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_ingest(stack, namespace, run_dir, max_body_bytes=2048) as ingest:
+        answer = await ingest.http.post(
+            "/v1/interactions", json=mention(text="x" * 4000), headers=ingest.headers()
+        )
+
+    assert answer.status_code == 413
+
+
+async def test_interactions_accepted_while_the_broker_is_down_all_arrive(
+    tmp_path: Path, namespace: str
+) -> None:
+    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
+    own.start()
+    try:
+        async with running_ingest(own, namespace, tmp_path / "run") as ingest:
+            own.stop_broker()
+            answers = [
+                await ingest.http.post(
+                    "/v1/interactions", json=mention(f"o{n}"), headers=ingest.headers()
+                )
+                for n in range(200)
+            ]
+            own.start_broker()
+            topic = ingest.settings.kafka.topics.received
+            events = await read_topic(ingest.settings.kafka, topic, Interaction, 200, timeout_s=90)
+    finally:
+        own.stop()
+
+    assert {a.status_code for a in answers} == {202}
+    assert {event.id for _, event in events} == {a.json()["id"] for a in answers}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+ALMOST_AN_INTERACTION = st.fixed_dictionaries(
+    {
+        "channel": st.sampled_from(["twitter", "forum", "", "TWITTER"]) | JSON,
+        "source": st.text(max_size=200) | JSON,
+        "external_id": st.text(max_size=300) | JSON,
+        "author": st.fixed_dictionaries({"handle": st.text(max_size=300) | JSON}) | JSON,
+        "text": st.text(max_size=50) | JSON,
+    },
+    optional={"url": st.text() | JSON, "created_at": st.text() | JSON, "attributes": JSON},
+)
+
+
+async def test_arbitrary_json_never_gets_a_server_error(ingest: Ingest) -> None:
+    """Hypothesis drives a blocking client from a worker thread while the service runs here."""
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=JSON | ALMOST_AN_INTERACTION | st.lists(ALMOST_AN_INTERACTION, max_size=3))
+    def post(body: Any) -> None:
+        answer = client.post("/v1/interactions", content=json.dumps(body), headers=headers)
+        assert answer.status_code in {200, 202, 400, 403, 422}, answer.text
+
+    headers = ingest.headers() | {"content-type": "application/json"}
+    with httpx.Client(base_url=str(ingest.http.base_url)) as client:
+        await asyncio.to_thread(post)

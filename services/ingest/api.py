@@ -14,6 +14,7 @@ from services.ingest.config import IngestSettings
 from services.ingest.service import (
     BadRequest,
     ContentKind,
+    FeedIn,
     IngestService,
     InteractionIn,
     Outcome,
@@ -208,3 +209,20 @@ async def list_publishers(service: Service) -> list[dict[str, Any]]:
 async def revoke_publisher(publisher_id: str, service: Service) -> None:
     if not await service.revoke_publisher(publisher_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such active publisher")
+
+
+@router.post("/feeds", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])
+async def create_feed(payload: FeedIn, service: Service) -> dict[str, Any]:
+    """An RSS or Atom feed to listen to: each new entry becomes an interaction."""
+    return public(await service.create_feed(payload))
+
+
+@router.get("/feeds", dependencies=[AdminOnly])
+async def list_feeds(service: Service) -> list[dict[str, Any]]:
+    return [public(feed) for feed in await service.list_feeds()]
+
+
+@router.delete("/feeds/{feed_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[AdminOnly])
+async def delete_feed(feed_id: str, service: Service) -> None:
+    if not await service.delete_feed(feed_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such feed")

@@ -10,19 +10,21 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.events import Interaction
-from shared.mongo import DUPLICATE_KEY, Document
+from shared.mongo import DUPLICATE_KEY, Document, epoch_ms
 
 
 class IngestRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.interactions = db["interactions"]
         self.publishers = db["publishers"]
+        self.feeds = db["feeds"]
 
     async def ensure_indexes(self) -> None:
         await self.interactions.create_index(
             [("source", ASCENDING), ("external_id", ASCENDING)], unique=True
         )
         await self.publishers.create_index([("key_hash", ASCENDING)], unique=True)
+        await self.feeds.create_index([("next_poll_ms", ASCENDING)])
 
     async def insert_interactions(
         self, interactions: Sequence[Interaction], publisher_id: str, at: datetime
@@ -82,3 +84,23 @@ class IngestRepository:
             {"_id": publisher_id, "revoked_at": None}, {"$set": {"revoked_at": at}}
         )
         return result.modified_count == 1
+
+    async def insert_feed(self, feed: Document) -> None:
+        await self.feeds.insert_one(feed)
+
+    async def list_feeds(self) -> list[Document]:
+        return await self.feeds.find({}).sort("created_at").to_list(None)
+
+    async def delete_feed(self, feed_id: str) -> bool:
+        return (await self.feeds.delete_one({"_id": feed_id})).deleted_count == 1
+
+    async def claim_due_feed(self, now: datetime) -> Document | None:
+        """Take a due feed, pushing its next poll out a minute so nobody else polls it meanwhile."""
+        return await self.feeds.find_one_and_update(
+            {"next_poll_ms": {"$lte": epoch_ms(now)}},
+            {"$set": {"next_poll_ms": epoch_ms(now) + 60_000}},
+            sort=[("next_poll_ms", ASCENDING)],
+        )
+
+    async def update_feed(self, feed_id: str, changes: Document) -> None:
+        await self.feeds.update_one({"_id": feed_id}, {"$set": changes})

@@ -26,7 +26,7 @@ from shared.events import (
 )
 from shared.http import field_errors
 from shared.logging import get_logger
-from shared.mongo import Document
+from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
@@ -125,6 +125,28 @@ def _parse_cloudevent(item: Any) -> InteractionIn | list[FieldError]:
     if isinstance(parsed, list):
         return [{"field": f"data.{e['field']}", "reason": e["reason"]} for e in parsed]
     return parsed
+
+
+class FeedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    channel: Channel = Channel.RSS
+    poll_interval_s: int = Field(default=300, ge=1, le=86_400)
+
+
+def new_feed(payload: FeedIn) -> Document:
+    now = utcnow()
+    return {
+        "_id": str(uuid.uuid4()),
+        **payload.model_dump(mode="json"),
+        "etag": None,
+        "modified": None,
+        "failures": 0,
+        "last_error": None,
+        "next_poll_ms": epoch_ms(now),
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True)
@@ -334,6 +356,17 @@ class IngestService:
 
     async def revoke_publisher(self, publisher_id: str) -> bool:
         return await self.repository.revoke_publisher(publisher_id, utcnow())
+
+    async def create_feed(self, payload: FeedIn) -> Document:
+        feed = new_feed(payload)
+        await self.repository.insert_feed(feed)
+        return feed
+
+    async def list_feeds(self) -> list[Document]:
+        return await self.repository.list_feeds()
+
+    async def delete_feed(self, feed_id: str) -> bool:
+        return await self.repository.delete_feed(feed_id)
 
 
 def _new_interaction(item: InteractionIn, at: datetime) -> Interaction:

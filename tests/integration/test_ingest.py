@@ -6,12 +6,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,10 +22,12 @@ from shared.embedded import EmbeddedStack, free_port
 from shared.events import INTERACTION_RECEIVED, Interaction
 from tests.support import (
     admin_headers,
+    at_least,
     client_of,
     eventually,
     read_topic,
     service_settings,
+    serving,
 )
 
 
@@ -332,3 +335,60 @@ async def test_arbitrary_json_never_gets_a_server_error(ingest: Ingest) -> None:
     headers = ingest.headers() | {"content-type": "application/json"}
     with httpx.Client(base_url=str(ingest.http.base_url)) as client:
         await asyncio.to_thread(post)
+
+
+def rss(items: list[tuple[str, str]]) -> str:
+    entries = "".join(
+        f"<item><guid>{guid}</guid><title>{title}</title><link>https://forum.example/t/{guid}</link>"
+        "<author>moderator@forum.example (Mo)</author>"
+        "<pubDate>Tue, 24 Nov 2026 10:00:00 GMT</pubDate></item>"
+        for guid, title in items
+    )
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>Acme forum</title>{entries}</channel></rss>'
+
+
+@dataclass
+class FeedServer:
+    """A real HTTP server for one RSS feed that honours If-None-Match."""
+
+    items: list[tuple[str, str]]
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/feed.xml")
+        async def feed(request: Request) -> Response:
+            self.requests.append(dict(request.headers))
+            etag = f'"{len(self.items)}"'
+            if request.headers.get("if-none-match") == etag:
+                return Response(status_code=304)
+            return Response(
+                rss(self.items), media_type="application/rss+xml", headers={"ETag": etag}
+            )
+
+        return app
+
+
+async def test_feed_yields_one_interaction_per_new_entry_across_polls(ingest: Ingest) -> None:
+    server = FeedServer([("t-1", "Login broken again?"), ("t-2", "Love the new app")])
+    async with serving(server.app()) as url:
+        created = await ingest.http.post(
+            "/v1/feeds",
+            json={"url": f"{url}/feed.xml", "channel": "forum", "poll_interval_s": 1},
+            headers=admin_headers(),
+        )
+        topic = ingest.settings.kafka.topics.received
+        first = await read_topic(ingest.settings.kafka, topic, Interaction, 2)
+        await eventually(lambda: at_least(server.requests, 2))  # a second, conditional poll
+        server.items.append(("t-3", "Refund still missing"))
+        events = await read_topic(ingest.settings.kafka, topic, Interaction, 3, settle_s=2.5)
+
+    assert created.status_code == 201
+    assert sorted(e.data.external_id for _, e in first) == ["t-1", "t-2"]
+    assert sorted(e.data.external_id for _, e in events) == ["t-1", "t-2", "t-3"]
+    assert {e.data.channel for _, e in events} == {"forum"}
+    assert server.requests[1].get("if-none-match") == '"2"'
+    [third] = [e.data for _, e in events if e.data.external_id == "t-3"]
+    assert third.text == "Refund still missing"
+    assert str(third.url) == "https://forum.example/t/t-3"

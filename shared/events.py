@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 INTERACTION_RECEIVED = "io.switchboard.interaction.received.v1"
+INTERACTION_REJECTED = "io.switchboard.interaction.rejected.v1"
 INTERACTION_ENRICHED = "io.switchboard.interaction.enriched.v1"
 ASSIGNMENT_PREFIX = "io.switchboard.assignment."
 DELIVERY_DEAD = "io.switchboard.delivery.dead.v1"
@@ -88,6 +89,22 @@ class Interaction(Model):
     created_at: datetime | None = None
     received_at: datetime
     attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=64)
+
+
+class FieldProblem(Model):
+    field: str
+    reason: str
+
+
+class RejectedSubmission(Model):
+    """A record on the submitted topic that ingest could not take in, and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    errors: tuple[FieldProblem, ...]
+    value_excerpt: str = Field(default="", max_length=2_000)
 
 
 SentimentLabel = Literal["negative", "neutral", "positive"]

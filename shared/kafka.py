@@ -32,6 +32,7 @@ class RawEvent:
 
     headers: list[tuple[str, bytes]]
     value: bytes
+    key: bytes
     topic: str
     partition: int
     offset: int
@@ -118,6 +119,7 @@ def _raw_event(event: Any) -> RawEvent:
     return RawEvent(
         headers=[(str(k), bytes(v) if v is not None else b"") for k, v in pairs],
         value=bytes(message.value or b""),
+        key=bytes(message.key or b""),
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,

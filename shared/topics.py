@@ -6,13 +6,23 @@ environments, or several test runs, share one cluster without sharing topics.
 
 from dataclasses import dataclass
 
+INTERACTIONS_SUBMITTED = "switchboard.interactions.submitted.v1"
+INTERACTIONS_REJECTED = "switchboard.interactions.rejected.v1"
 INTERACTIONS_RECEIVED = "switchboard.interactions.received.v1"
 INTERACTIONS_ENRICHED = "switchboard.interactions.enriched.v1"
 ASSIGNMENTS = "switchboard.assignments.v1"
 ESCALATIONS = "switchboard.escalations.v1"
 DELIVERIES_DEAD = "switchboard.deliveries.dead.v1"
 
-ALL = (INTERACTIONS_RECEIVED, INTERACTIONS_ENRICHED, ASSIGNMENTS, ESCALATIONS, DELIVERIES_DEAD)
+ALL = (
+    INTERACTIONS_SUBMITTED,
+    INTERACTIONS_REJECTED,
+    INTERACTIONS_RECEIVED,
+    INTERACTIONS_ENRICHED,
+    ASSIGNMENTS,
+    ESCALATIONS,
+    DELIVERIES_DEAD,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,16 @@ class Topics:
 
     def name(self, base: str) -> str:
         return f"{self.prefix}{base}"
+
+    @property
+    def submitted(self) -> str:
+        """Where systems that speak Kafka publish interactions for ingest to take in."""
+        return self.name(INTERACTIONS_SUBMITTED)
+
+    @property
+    def rejected(self) -> str:
+        """What ingest could not take from ``submitted``, with the reasons."""
+        return self.name(INTERACTIONS_REJECTED)
 
     @property
     def received(self) -> str:

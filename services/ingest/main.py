@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from services.ingest import api
+from services.ingest import api, stream
 from services.ingest.config import IngestSettings
 from services.ingest.feeds import FeedPoller
 from services.ingest.repository import IngestRepository
@@ -18,6 +18,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
         runtime.outbox,
         settings.kafka.topics,
         (settings.rate_limit_per_s, settings.rate_limit_burst),
+    )
+    runtime.consume(
+        settings.kafka.topics.submitted, stream.submitted_handler(service, runtime.metrics)
     )
     poller = FeedPoller(repository, service)
     app = service_app(

@@ -3,6 +3,7 @@ store it with its event, and manage the publishers allowed to send them."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,14 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, Validat
 from services.ingest.repository import IngestRepository
 from shared.events import (
     INTERACTION_RECEIVED,
+    INTERACTION_REJECTED,
     AttributeValue,
     Author,
     Channel,
     CloudEvent,
+    FieldProblem,
     Interaction,
+    RejectedSubmission,
+    derived_event_id,
     utcnow,
 )
 from shared.http import field_errors
+from shared.kafka import RawEvent
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
@@ -106,6 +112,24 @@ def unpack(kind: ContentKind, body: Any, max_batch: int) -> Unpacked:
         raise BadRequest([{"field": "body", "reason": reason}])
     parse = _parse_interaction if kind == "json" else _parse_cloudevent
     return Unpacked(batch, [parse(item) for item in raw_items])
+
+
+def parse_submission(raw: RawEvent) -> InteractionIn | list[FieldError]:
+    """A record from the submitted topic: an interaction as JSON. CloudEvents attributes in
+    ``ce_*`` headers (binary mode) stand in for a missing source and external id."""
+    try:
+        body = json.loads(raw.value)
+    except (ValueError, RecursionError):
+        return [{"field": "value", "reason": "not valid JSON"}]
+    if not isinstance(body, dict):
+        return [{"field": "value", "reason": "must be a JSON object"}]
+    headers = {name: value.decode(errors="replace") for name, value in raw.headers}
+    defaults = {
+        name: headers[header]
+        for name, header in (("source", "ce_source"), ("external_id", "ce_id"))
+        if header in headers
+    }
+    return _parse_interaction(defaults | body)
 
 
 def _parse_interaction(item: Any) -> InteractionIn | list[FieldError]:
@@ -210,6 +234,27 @@ def outcomes_counter() -> Counter:
     )
 
 
+KAFKA_PUBLISHER = Publisher(id="kafka", name="kafka")
+
+
+def rejected_event(record: RawEvent, errors: list[FieldError]) -> CloudEvent[RejectedSubmission]:
+    where = f"{record.topic}/{record.partition}/{record.offset}"
+    return CloudEvent[RejectedSubmission](
+        id=derived_event_id(where, INTERACTION_REJECTED),
+        source=SOURCE,
+        type=INTERACTION_REJECTED,
+        subject=where,
+        data=RejectedSubmission(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") or None,
+            errors=tuple(FieldProblem(**error) for error in errors),
+            value_excerpt=record.value[:2_000].decode(errors="replace"),
+        ),
+    )
+
+
 def author_key(interaction: Interaction) -> str:
     """Kafka key: one author's posts stay in order on one partition."""
     return f"{interaction.channel.value}:{interaction.author.handle.lower()}"
@@ -308,6 +353,22 @@ class IngestService:
                 for s in ("accepted", "duplicate", "rejected", "forbidden")
             },
         )
+
+    async def accept_submissions(self, records: Sequence[RawEvent]) -> None:
+        """Take in what Kafka-native publishers sent; what cannot be taken goes to the
+        rejected topic with the reasons, so nothing sent vanishes silently."""
+        items = [parse_submission(record) for record in records]
+        outcomes = await self.accept(items, KAFKA_PUBLISHER)
+        rejected = [
+            (
+                self.topics.rejected,
+                record.key.decode(errors="replace"),
+                rejected_event(record, o.errors),
+            )
+            for record, o in zip(records, outcomes, strict=True)
+            if o.status in ("rejected", "forbidden")
+        ]
+        await self.outbox.add(rejected)
 
     async def get(self, interaction_id: str) -> Document | None:
         """What ingest knows of an interaction: it, when it was stored and when published."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request, Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from services.ingest.config import IngestSettings
 from services.ingest.main import create_app
 from shared.embedded import EmbeddedStack, free_port
-from shared.events import INTERACTION_RECEIVED, Interaction
+from shared.events import INTERACTION_RECEIVED, Interaction, RejectedSubmission
 from tests.support import (
     admin_headers,
     at_least,
@@ -392,3 +393,34 @@ async def test_feed_yields_one_interaction_per_new_entry_across_polls(ingest: In
     [third] = [e.data for _, e in events if e.data.external_id == "t-3"]
     assert third.text == "Refund still missing"
     assert str(third.url) == "https://forum.example/t/t-3"
+
+
+async def test_kafka_native_submissions_are_taken_in_or_rejected_with_reasons(
+    ingest: Ingest,
+) -> None:
+    kafka, topics = ingest.settings.kafka, ingest.settings.kafka.topics
+    as_cloudevent = {k: v for k, v in mention().items() if k not in ("source", "external_id")}
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        for value, headers in [
+            (json.dumps(mention("k-1")).encode(), []),
+            (json.dumps(mention("k-1")).encode(), []),  # a repeat: nothing new
+            (json.dumps(as_cloudevent).encode(), [("ce_source", b"crm"), ("ce_id", b"77")]),
+            (b"{oops", []),
+            (json.dumps(mention("k-2", channel="fax")).encode(), []),
+        ]:
+            await producer.send_and_wait(topics.submitted, value, key=b"k", headers=headers)
+    finally:
+        await producer.stop()
+
+    received = await read_topic(kafka, topics.received, Interaction, 2, settle_s=1.5)
+    rejected = await read_topic(kafka, topics.rejected, RejectedSubmission, 2, settle_s=0.5)
+
+    assert sorted((e.data.source, e.data.external_id) for _, e in received) == [
+        ("crm", "77"),
+        ("listener", "k-1"),
+    ]
+    reasons = sorted((e.data.offset, [p.field for p in e.data.errors]) for _, e in rejected)
+    assert [fields for _, fields in reasons] == [["value"], ["channel"]]
+    assert {e.data.topic for _, e in rejected} == {topics.submitted}

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo desk test unit integration e2e lint format lock clean
+.PHONY: help setup run demo test unit lint format bench lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: $(STAMP) lint ## Lint, type-check and run every test
 
 unit: $(STAMP) ## Unit tests only
 	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP) ## Benchmarks on the embedded stack, each beside its baseline
+	$(BIN)/python -m tests.bench.ingest_bench
 
 lint: $(STAMP) ## ruff and mypy (strict)
 	$(BIN)/ruff check .

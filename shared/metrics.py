@@ -30,7 +30,10 @@ def service_metrics(service: str) -> ServiceMetrics:
             f"{prefix}_events_failed", "Events that could not be handled", ["reason"]
         ),
         handle_seconds=Histogram(f"{prefix}_handle_seconds", "Time to handle one consumed batch"),
-        outbox_backlog=Gauge(f"{prefix}_outbox_backlog", "Events stored but not yet published"),
+        outbox_backlog=Gauge(
+            f"{prefix}_outbox_backlog",
+            "Events stored but not yet published (at most one relay batch)",
+        ),
     )
 
 

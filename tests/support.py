@@ -169,7 +169,11 @@ class Receiver:
     """A real HTTP endpoint that records what it is sent and answers from a script."""
 
     answers: list[int] = field(default_factory=list)  # status codes to give, then 200s
+    failure_headers: dict[str, str] = field(default_factory=dict)  # sent with non-2xx answers
+    delay_s: float = 0.0  # how long it takes to answer
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    answered: int = 0
     url: str = ""
 
     def app(self) -> FastAPI:
@@ -177,16 +181,24 @@ class Receiver:
 
         @app.post("/hook")
         async def hook(request: Request) -> Response:
+            self.arrivals.append(time.monotonic())
             self.received.append((dict(request.headers), await request.body()))
             code = self.answers.pop(0) if self.answers else 200
-            return Response(status_code=code)
+            await asyncio.sleep(self.delay_s)
+            self.answered += 1
+            headers = self.failure_headers if code >= 300 else {}
+            return Response(status_code=code, headers=headers)
 
         return app
 
 
 @asynccontextmanager
-async def receiving(answers: list[int] | None = None) -> AsyncIterator[Receiver]:
-    receiver = Receiver(answers=list(answers or []))
+async def receiving(
+    answers: list[int] | None = None,
+    failure_headers: dict[str, str] | None = None,
+    delay_s: float = 0.0,
+) -> AsyncIterator[Receiver]:
+    receiver = Receiver(list(answers or []), dict(failure_headers or {}), delay_s)
     async with serving(receiver.app()) as url:
         receiver.url = f"{url}/hook"
         yield receiver

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.notify.delivery import EndpointRefused
 from services.notify.service import NotifyService, SubscriptionIn
@@ -67,3 +68,26 @@ async def list_deliveries(
 async def list_attempts(delivery_id: str, service: Service) -> list[dict[str, Any]]:
     """Every attempt at one delivery: when, status, latency and a response excerpt."""
     return await service.list_attempts(delivery_id)
+
+
+@router.post("/deliveries/{delivery_id}/replay", status_code=status.HTTP_202_ACCEPTED)
+async def replay_delivery(delivery_id: str, service: Service) -> dict[str, Any]:
+    """Send a delivered, dead or cancelled delivery again, under the same webhook-id."""
+    replayed = await service.replay(delivery_id)
+    if replayed is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such finished delivery")
+    return public(replayed)
+
+
+class ReplayDeadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime
+    until: AwareDatetime
+    limit: int = Field(default=1_000, ge=1, le=10_000)
+
+
+@router.post("/deliveries/replay")
+async def replay_dead(payload: ReplayDeadIn, service: Service) -> dict[str, int]:
+    """Replay every dead delivery created between ``since`` and ``until``."""
+    return {"replayed": await service.replay_dead(payload.since, payload.until, payload.limit)}

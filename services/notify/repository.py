@@ -74,6 +74,24 @@ class NotifyRepository:
             {"$set": {"attempt_count": number, "last_attempt": attempt, **changes}},
         )
 
+    async def replay(self, delivery_id: str, now: datetime) -> Document | None:
+        """Make a finished delivery pending again, its schedule starting over; None if it
+        does not exist or is still pending."""
+        delivery = await self.deliveries.find_one({"_id": delivery_id})
+        if delivery is None or delivery["status"] == "pending":
+            return None
+        return await self.deliveries.find_one_and_update(
+            {"_id": delivery_id, "status": delivery["status"]},
+            {
+                "$set": {
+                    "status": "pending",
+                    "round_start": delivery["attempt_count"],
+                    "next_attempt_ms": epoch_ms(now),
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+
     async def list_attempts(self, delivery_id: str) -> list[Document]:
         cursor = self.attempts.find({"delivery_id": delivery_id}, {"_id": 0}).sort(
             "number", ASCENDING

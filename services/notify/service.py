@@ -86,6 +86,7 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "body": event.model_dump_json(),
         "status": "pending",
         "attempt_count": 0,
+        "round_start": 0,
         "last_attempt": None,
         "next_attempt_ms": epoch_ms(now),
         "created_at": now,
@@ -139,6 +140,24 @@ class NotifyService:
 
     async def list_attempts(self, delivery_id: str) -> list[Document]:
         return await self.repository.list_attempts(delivery_id)
+
+    async def replay(self, delivery_id: str) -> Document | None:
+        """Send a finished delivery again, with a fresh retry schedule and the same
+        ``webhook-id``, so a receiver that saw it before can tell."""
+        replayed = await self.repository.replay(delivery_id, utcnow())
+        if replayed is not None:
+            self.wakeup.set()
+        return replayed
+
+    async def replay_dead(self, since: datetime, until: datetime, limit: int) -> int:
+        """Replay every dead delivery created in [since, until], at most ``limit``."""
+        dead = await self.repository.list_deliveries(
+            {"status": "dead", "created_at": {"$gte": since, "$lte": until}}, limit
+        )
+        replayed = [d for d in dead if await self.repository.replay(d["_id"], utcnow())]
+        if replayed:
+            self.wakeup.set()
+        return len(replayed)
 
     async def fan_out(self, events: Sequence[CloudEvent[Assignment]]) -> None:
         """Store a delivery for each subscription that wants each event."""
@@ -245,6 +264,7 @@ class NotifyService:
         outcome: Attempt | None,
     ) -> None:
         attempts_made = int(delivery["attempt_count"]) + 1
+        this_round = attempts_made - int(delivery.get("round_start", 0))
         log.info(
             "delivery attempt",
             event_id=delivery["event_id"],
@@ -271,7 +291,7 @@ class NotifyService:
             return
         delay = next_delay(
             self.settings.retry_schedule_s,
-            attempts_made,
+            this_round,
             outcome.retry_after_s if outcome is not None else None,
         )
         if delay is None:
@@ -296,7 +316,7 @@ class NotifyService:
 
 def dead_event(delivery: Document, last: dict[str, Any], attempts: int) -> CloudEvent[DeadDelivery]:
     return CloudEvent[DeadDelivery](
-        id=derived_event_id(delivery["_id"], DELIVERY_DEAD),
+        id=derived_event_id(delivery["_id"], DELIVERY_DEAD, str(attempts)),
         source=SOURCE,
         type=DELIVERY_DEAD,
         subject=delivery["_id"],

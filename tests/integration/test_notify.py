@@ -222,3 +222,61 @@ async def test_subscription_secret_is_shown_once(notify: NotifyFactory) -> None:
 async def _settle(seconds: float = 1.5) -> None:
     """Give a wrong extra delivery time to show up before asserting there was none."""
     await asyncio.sleep(seconds)
+
+
+async def test_retry_after_on_429_is_honoured(notify: NotifyFactory) -> None:
+    async with (
+        notify() as service,
+        receiving(answers=[429], failure_headers={"Retry-After": "2"}) as desk,
+    ):
+        await service.subscribe(desk.url)
+
+        await service.send(offered())
+        await eventually(lambda: service.deliveries("delivered"))
+
+        assert len(desk.arrivals) == 2
+        assert desk.arrivals[1] - desk.arrivals[0] >= 1.9  # the schedule alone says 0.1 s
+
+
+async def test_a_restart_between_retries_keeps_the_schedule(notify: NotifyFactory) -> None:
+    async with receiving(answers=[500]) as desk:
+        async with notify(retry_schedule_s=(3.0,)) as service:
+            await service.subscribe(desk.url)
+            await service.send(offered())
+            await eventually(lambda: at_least(desk.received, 1))
+        async with notify(retry_schedule_s=(3.0,)) as restarted:
+            [delivered] = await eventually(lambda: restarted.deliveries("delivered"))
+
+    assert delivered["attempt_count"] == 2
+    assert len({headers["webhook-id"] for headers, _ in desk.received}) == 1
+    assert desk.arrivals[1] - desk.arrivals[0] >= 2.0
+
+
+async def test_a_slow_endpoint_does_not_hold_up_a_healthy_one(notify: NotifyFactory) -> None:
+    async with notify() as service, receiving(delay_s=8.0) as slow, receiving() as healthy:
+        await service.subscribe(slow.url)
+        await service.subscribe(healthy.url)
+
+        await service.send(offered(), offered())
+        await eventually(lambda: at_least(healthy.received, 2), timeout_s=6.0)
+
+        assert slow.answered == 0  # the slow one is still busy with its first
+
+
+async def test_a_dead_delivery_can_be_replayed(notify: NotifyFactory) -> None:
+    async with notify(retry_schedule_s=(0.05,)) as service, receiving(answers=[500, 500]) as desk:
+        await service.subscribe(desk.url)
+        await service.send(offered())
+        [dead] = await eventually(lambda: service.deliveries("dead"))
+
+        replayed = await service.http.post(
+            "/v1/deliveries/replay",
+            json={"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z"},
+            headers=admin_headers(),
+        )
+        [delivered] = await eventually(lambda: service.deliveries("delivered"))
+
+    assert replayed.json() == {"replayed": 1}
+    assert delivered["id"] == dead["id"]
+    assert delivered["attempt_count"] == 3
+    assert len({headers["webhook-id"] for headers, _ in desk.received}) == 1

@@ -11,7 +11,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -45,15 +45,23 @@ def _forbidden(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-async def check_endpoint(url: str, allow_hosts: Collection[str]) -> None:
-    """Refuse URLs whose host resolves to private, loopback, link-local, shared, multicast or
-    reserved addresses, unless the host is allow-listed. Checked on create and before
-    every attempt, since DNS answers change."""
+@dataclass(frozen=True)
+class Target:
+    """Where one attempt connects: the vetted address itself, so that a second DNS answer
+    (rebinding) cannot send the request anywhere else. ``Host`` and TLS SNI keep the name."""
+
+    url: str
+    host: str
+    sni_hostname: str | None
+
+
+async def resolve_endpoint(url: str, allow_hosts: Collection[str]) -> Target:
+    """Resolve and vet an endpoint. Refuses hosts that resolve to private, loopback,
+    link-local, shared, multicast or reserved addresses, unless allow-listed. Done on
+    create and before every attempt, since DNS answers change."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EndpointRefused("must be an http or https URL with a host")
-    if parts.hostname in allow_hosts:
-        return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
@@ -61,8 +69,21 @@ async def check_endpoint(url: str, allow_hosts: Collection[str]) -> None:
         )
     except OSError as exc:
         raise EndpointRefused(f"host does not resolve: {parts.hostname}") from exc
-    if any(_forbidden(str(info[4][0])) for info in infos):
+    addresses = [str(info[4][0]) for info in infos]
+    if parts.hostname not in allow_hosts and any(_forbidden(a) for a in addresses):
         raise EndpointRefused(f"host resolves to a non-public address: {parts.hostname}")
+    address = min(addresses, key=lambda a: ":" in a)  # IPv4 first, as most clients do
+    literal = f"[{address}]" if ":" in address else address
+    pinned = parts._replace(netloc=f"{literal}:{port}", fragment="")
+    return Target(
+        url=urlunsplit(pinned),
+        host=parts.netloc.rsplit("@", 1)[-1],
+        sni_hostname=parts.hostname if parts.scheme == "https" else None,
+    )
+
+
+async def check_endpoint(url: str, allow_hosts: Collection[str]) -> None:
+    await resolve_endpoint(url, allow_hosts)
 
 
 @dataclass(frozen=True)
@@ -87,12 +108,19 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 async def attempt(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str
+    client: httpx.AsyncClient, target: Target, headers: dict[str, str], body: str
 ) -> Attempt:
-    """One POST; redirects are not followed (a 3xx is a failure, as the spec says)."""
+    """One POST to the pinned address; redirects are not followed (a 3xx is a failure,
+    as the spec says)."""
+    extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
     started = time.perf_counter()
     try:
-        response = await client.post(url, content=body.encode(), headers=headers)
+        response = await client.post(
+            target.url,
+            content=body.encode(),
+            headers=headers | {"host": target.host},
+            extensions=extensions,
+        )
     except httpx.HTTPError as exc:
         elapsed = (time.perf_counter() - started) * 1000
         return Attempt(False, None, elapsed, error=type(exc).__name__)

@@ -22,6 +22,7 @@ from services.notify.delivery import (
     EndpointRefused,
     check_endpoint,
     new_signing_secret,
+    resolve_endpoint,
     signed_headers,
 )
 from services.notify.delivery import attempt as send_attempt
@@ -237,7 +238,7 @@ class NotifyService:
             return
         url = subscription["url"]
         try:
-            await check_endpoint(url, self.settings.allow_hosts)
+            target = await resolve_endpoint(url, self.settings.allow_hosts)
         except EndpointRefused as exc:
             outcome = None
             error: str | None = str(exc)
@@ -245,7 +246,7 @@ class NotifyService:
             headers = signed_headers(
                 subscription["secret"], delivery["_id"], utcnow(), delivery["body"]
             )
-            outcome = await send_attempt(client, url, headers, delivery["body"])
+            outcome = await send_attempt(client, target, headers, delivery["body"])
             error = outcome.error
         record = {
             "at": utcnow(),

@@ -280,3 +280,17 @@ async def test_a_dead_delivery_can_be_replayed(notify: NotifyFactory) -> None:
     assert delivered["id"] == dead["id"]
     assert delivered["attempt_count"] == 3
     assert len({headers["webhook-id"] for headers, _ in desk.received}) == 1
+
+
+async def test_delivery_goes_to_the_resolved_address_under_the_endpoints_name(
+    notify: NotifyFactory,
+) -> None:
+    async with notify(allow_hosts=frozenset({"localhost"})) as service, receiving() as desk:
+        named_url = desk.url.replace("127.0.0.1", "localhost")
+        await service.subscribe(named_url)
+
+        await service.send(offered())
+        await eventually(lambda: at_least(desk.received, 1))
+
+        [(headers, _)] = desk.received
+        assert headers["host"] == named_url.split("/")[2]

@@ -11,6 +11,7 @@ from services.notify.delivery import (
     EndpointRefused,
     check_endpoint,
     new_signing_secret,
+    resolve_endpoint,
     signed_headers,
 )
 from services.notify.service import next_delay, wants
@@ -100,3 +101,16 @@ async def test_non_public_endpoints_are_refused(url: str) -> None:
 async def test_allow_listed_and_public_endpoints_pass() -> None:
     await check_endpoint("http://127.0.0.1:8089/hook", allow_hosts={"127.0.0.1"})
     await check_endpoint("https://93.184.215.14/hook", allow_hosts=())
+
+
+async def test_attempts_connect_to_the_vetted_address_keeping_the_name() -> None:
+    plain = await resolve_endpoint("http://127.0.0.1:8089/x?y=1#frag", allow_hosts={"127.0.0.1"})
+    named = await resolve_endpoint("https://localhost:9443/hook", allow_hosts={"localhost"})
+
+    assert (plain.url, plain.host, plain.sni_hostname) == (
+        "http://127.0.0.1:8089/x?y=1",
+        "127.0.0.1:8089",
+        None,
+    )
+    assert named.url in ("https://127.0.0.1:9443/hook", "https://[::1]:9443/hook")
+    assert (named.host, named.sni_hostname) == ("localhost:9443", "localhost")

@@ -1,0 +1,216 @@
+"""Notify's pure parts: subscription matching, retry timing, signing and the SSRF guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from services.notify.delivery import (
+    EndpointRefused,
+    check_endpoint,
+    new_signing_secret,
+    signed_headers,
+)
+from services.notify.service import next_delay, wants
+from shared.events import Assignment, AssignmentStatus, CloudEvent, assignment_type, utcnow
+
+OFFERED = assignment_type(AssignmentStatus.OFFERED)
+
+
+def offered(
+    agent_id: str | None = "a1", queue: str = "priority", tier: str = "gold"
+) -> CloudEvent[Assignment]:
+    data = Assignment.model_validate(
+        {
+            "interaction_id": "i1",
+            "status": "offered",
+            "queue": queue,
+            "priority": 1,
+            "rule": "r",
+            "agent_id": agent_id,
+            "customer": {"id": "c1", "tier": tier},
+            "sentiment": "negative",
+            "channel": "twitter",
+            "author_handle": "@a",
+            "text": "t",
+            "enqueued_at": utcnow(),
+        }
+    )
+    return CloudEvent[Assignment](id="e1", source="/test", type=OFFERED, data=data)
+
+
+def subscription(types: list[str], filters: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"_id": "s1", "event_types": types, "filters": filters}
+
+
+# --- wants -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern", ["io.switchboard.assignment.*", "io.switchboard.*", "*", OFFERED]
+)
+def test_wants_matches_wildcard_and_exact_event_types(pattern: str) -> None:
+    assert wants(subscription([pattern]), offered())
+
+
+def test_wants_ignores_other_event_types() -> None:
+    assert not wants(subscription(["io.switchboard.delivery.*"]), offered())
+
+
+def test_wants_matches_when_any_pattern_matches() -> None:
+    assert wants(subscription(["io.switchboard.delivery.*", "*.offered.v1"]), offered())
+
+
+def test_none_filters_match_every_event() -> None:
+    filters = {"agent_id": None, "queue": None, "tier": None}
+
+    assert wants(subscription(["*"], filters), offered())
+    assert wants(subscription(["*"], None), offered())
+
+
+@pytest.mark.parametrize(
+    ("name", "matching", "other"),
+    [("agent_id", "a1", "a2"), ("queue", "priority", "care"), ("tier", "gold", "platinum")],
+)
+def test_each_filter_selects_on_its_field(name: str, matching: str, other: str) -> None:
+    event = offered(agent_id="a1", queue="priority", tier="gold")
+
+    assert wants(subscription(["*"], {name: matching}), event)
+    assert not wants(subscription(["*"], {name: other}), event)
+
+
+def test_all_filters_must_match() -> None:
+    event = offered(agent_id="a1", queue="priority", tier="gold")
+
+    assert wants(subscription(["*"], {"queue": "priority", "tier": "gold"}), event)
+    assert not wants(subscription(["*"], {"queue": "priority", "tier": "silver"}), event)
+
+
+def test_agent_filter_does_not_match_an_unassigned_event() -> None:
+    assert not wants(subscription(["*"], {"agent_id": "a1"}), offered(agent_id=None))
+
+
+# --- next_delay ------------------------------------------------------------------------
+
+SCHEDULE = (10.0, 60.0, 300.0)
+
+
+@pytest.mark.parametrize(("attempts_made", "base"), [(1, 10.0), (2, 60.0), (3, 300.0)])
+def test_next_delay_follows_the_schedule_within_twenty_percent(
+    attempts_made: int, base: float
+) -> None:
+    delays = [next_delay(SCHEDULE, attempts_made, None) for _ in range(200)]
+
+    assert all(d is not None and base * 0.8 <= d <= base * 1.2 for d in delays)
+
+
+def test_next_delay_is_jittered() -> None:
+    assert len({next_delay(SCHEDULE, 1, None) for _ in range(50)}) > 1
+
+
+def test_next_delay_is_none_once_the_schedule_is_spent() -> None:
+    assert next_delay(SCHEDULE, 4, None) is None
+    assert next_delay(SCHEDULE, 10, None) is None
+
+
+def test_next_delay_honours_a_larger_retry_after() -> None:
+    assert next_delay(SCHEDULE, 1, retry_after_s=900.0) == 900.0
+
+
+def test_next_delay_keeps_the_schedule_when_retry_after_is_smaller() -> None:
+    delay = next_delay(SCHEDULE, 2, retry_after_s=1.0)
+
+    assert delay is not None
+    assert 48.0 <= delay <= 72.0
+
+
+# --- signing ---------------------------------------------------------------------------
+
+BODY = '{"id": "e1", "data": {"text": "é 😤"}}'
+
+
+def test_new_signing_secret_has_the_whsec_prefix_and_is_random() -> None:
+    secret = new_signing_secret()
+
+    assert secret.startswith("whsec_")
+    assert len(secret) > len("whsec_")
+    assert new_signing_secret() != secret
+
+
+def test_signed_headers_carry_id_timestamp_and_signature() -> None:
+    at = utcnow()
+    headers = signed_headers(new_signing_secret(), "msg_1", at, BODY)
+
+    assert headers["webhook-id"] == "msg_1"
+    assert headers["webhook-timestamp"] == str(int(at.timestamp()))
+    assert headers["webhook-signature"].startswith("v1,")
+    assert headers["content-type"] == "application/json"
+
+
+def test_signed_headers_verify_with_standard_webhooks() -> None:
+    secret = new_signing_secret()
+    headers = signed_headers(secret, "msg_1", utcnow(), BODY)
+
+    assert Webhook(secret).verify(BODY, headers) == {"id": "e1", "data": {"text": "é 😤"}}
+
+
+def test_signed_headers_do_not_verify_with_another_secret() -> None:
+    headers = signed_headers(new_signing_secret(), "msg_1", utcnow(), BODY)
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_signing_secret()).verify(BODY, headers)
+
+
+def test_signed_headers_do_not_verify_a_tampered_body() -> None:
+    secret = new_signing_secret()
+    headers = signed_headers(secret, "msg_1", utcnow(), BODY)
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY.replace("e1", "e2"), headers)
+
+
+# --- check_endpoint --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/hook",
+        "http://127.0.0.1:8089/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://100.64.0.1/",
+        "http://[::1]/",
+        "http://[fe80::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://224.0.0.1/",
+    ],
+)
+async def test_check_endpoint_refuses_non_public_addresses(url: str) -> None:
+    with pytest.raises(EndpointRefused, match="non-public"):
+        await check_endpoint(url, allow_hosts=())
+
+
+@pytest.mark.parametrize("url", ["ftp://93.184.215.14/hook", "file:///etc/passwd", "http:///x"])
+async def test_check_endpoint_refuses_non_http_urls_and_missing_hosts(url: str) -> None:
+    with pytest.raises(EndpointRefused, match="http or https"):
+        await check_endpoint(url, allow_hosts=())
+
+
+async def test_check_endpoint_accepts_an_allow_listed_host() -> None:
+    await check_endpoint("http://127.0.0.1:8089/hook", allow_hosts={"127.0.0.1"})
+
+
+async def test_check_endpoint_allow_list_is_per_host() -> None:
+    with pytest.raises(EndpointRefused):
+        await check_endpoint("http://10.0.0.1/hook", allow_hosts={"127.0.0.1"})
+
+
+@pytest.mark.parametrize("url", ["https://93.184.215.14/hook", "http://93.184.215.14:8080/"])
+async def test_check_endpoint_accepts_a_public_ip_literal(url: str) -> None:
+    await check_endpoint(url, allow_hosts=())
+
+
+async def test_check_endpoint_judges_an_ipv4_mapped_address_by_its_ipv4() -> None:
+    await check_endpoint("http://[::ffff:93.184.215.14]/", allow_hosts=())

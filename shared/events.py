@@ -231,7 +231,10 @@ def decode(
 ) -> CloudEvent[DataT]:
     """The event a binary-mode record carries, its data validated against the contract."""
     items = headers.items() if isinstance(headers, Mapping) else headers
-    attrs = {name[3:]: raw.decode() for name, raw in items if name.startswith("ce_")}
+    try:
+        attrs = {name[3:]: raw.decode() for name, raw in items if name.startswith("ce_")}
+    except UnicodeDecodeError as exc:
+        raise UndecodableEvent(f"a ce_ header is not UTF-8: {exc}") from exc
     missing = [name for name in ("id", "source", "type", "specversion") if name not in attrs]
     if missing:
         raise UndecodableEvent(f"missing CloudEvents attributes: {', '.join(missing)}")

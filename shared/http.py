@@ -30,7 +30,9 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     """pydantic's errors as ``{"field": "author.handle", "reason": "..."}`` items."""
     out = []
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):  # where, not which field
+            loc = loc[1:]
         out.append({"field": ".".join(loc) or "body", "reason": str(error.get("msg", "invalid"))})
     return out
 

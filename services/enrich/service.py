@@ -56,8 +56,8 @@ def normalise_identity(channel: Channel, handle: str) -> str:
     parsed = urlparse(text)
     if parsed.scheme in ("http", "https") and parsed.hostname:
         host = parsed.hostname.removeprefix("www.").removeprefix("mobile.")
-        if host in _PROFILE_HOSTS:
-            text = parsed.path.strip("/").split("/")[-1]
+        if host in _PROFILE_HOSTS:  # the profile is the first path segment, e.g. /ada/status/1
+            text = parsed.path.strip("/").split("/")[0] or text
     return f"{canonical.value}:{text.lstrip('@').lower()}"
 
 

@@ -100,7 +100,7 @@ def next_delay(
     """Seconds until the next attempt, with ±20% jitter; None when the schedule is spent."""
     if attempts_made > len(schedule):
         return None
-    base = schedule[attempts_made - 1]
+    base = schedule[max(attempts_made, 1) - 1]
     delay = base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
     return max(delay, retry_after_s or 0.0)
 

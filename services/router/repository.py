@@ -6,6 +6,7 @@ an agent never goes over capacity and an item is never offered twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -39,10 +40,16 @@ class RouterRepository:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def reserve_agent(self, at: datetime) -> Document | None:
+    async def find_agent_by_token_hash(self, token_hash: str) -> Document | None:
+        return await self.agents.find_one({"token_hash": token_hash})
+
+    async def reserve_agent(self, at: datetime, exclude: Sequence[str] = ()) -> Document | None:
         """Take one unit of capacity from the best online agent: most free, then longest idle."""
+        wanted: Document = {"presence": "online", "free": {"$gt": 0}}
+        if exclude:
+            wanted["_id"] = {"$nin": list(exclude)}
         return await self.agents.find_one_and_update(
-            {"presence": "online", "free": {"$gt": 0}},
+            wanted,
             {"$inc": {"free": -1, "load": 1}, "$set": {"last_offer_at": at}},
             sort=[("free", DESCENDING), ("last_offer_at", ASCENDING)],
             return_document=ReturnDocument.AFTER,
@@ -70,6 +77,16 @@ class RouterRepository:
                 "$set": {"state": "offered", "agent_id": agent_id, "offered_at": at},
                 "$inc": {"offer": 1},
             },
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def transition(
+        self, item_id: str, agent_id: str, state: str, changes: Document
+    ) -> Document | None:
+        """Change an item that is still in ``state`` with ``agent_id``; None if it moved on."""
+        return await self.items.find_one_and_update(
+            {"_id": item_id, "agent_id": agent_id, "state": state},
+            {"$set": changes},
             return_document=ReturnDocument.AFTER,
         )
 

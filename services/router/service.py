@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ from shared.events import (
 from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
+from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
 
 SOURCE = "/switchboard/router"
@@ -77,6 +79,41 @@ def route(item: EnrichedInteraction, rules: Sequence[Rule] = DEFAULT_RULES) -> D
     return DEFAULT_DECISION
 
 
+class Action(StrEnum):
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    RESOLVE = "resolve"
+    RELEASE = "release"
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    from_states: frozenset[str]
+    to_state: str
+    event: AssignmentStatus
+    frees_agent: bool
+
+
+ACTIONS = {
+    Action.ACCEPT: ActionRule(frozenset({"offered"}), "accepted", AssignmentStatus.ACCEPTED, False),
+    Action.DECLINE: ActionRule(frozenset({"offered"}), "queued", AssignmentStatus.DECLINED, True),
+    Action.RESOLVE: ActionRule(
+        frozenset({"accepted"}), "resolved", AssignmentStatus.RESOLVED, True
+    ),
+    Action.RELEASE: ActionRule(
+        frozenset({"offered", "accepted"}), "queued", AssignmentStatus.REQUEUED, True
+    ),
+}
+
+
+class ItemNotFound(LookupError):
+    pass
+
+
+class ActionRefused(Exception):
+    pass
+
+
 class AgentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -114,13 +151,21 @@ def new_item(enriched: EnrichedInteraction, decision: Decision) -> Document:
 
 def offered_event(item: Document) -> CloudEvent[Assignment]:
     """The offer an item's stored state describes; the same event however often it is built."""
+    return assignment_event(item, AssignmentStatus.OFFERED, item["agent_id"])
+
+
+def assignment_event(
+    item: Document, status: AssignmentStatus, agent_id: str | None
+) -> CloudEvent[Assignment]:
+    """A change of an item's assignment; its id derives from the item, the change and the
+    offer it belongs to, so building it again yields the same event."""
     assignment = Assignment(
         interaction_id=item["_id"],
-        status=AssignmentStatus.OFFERED,
+        status=status,
         queue=item["queue"],
         priority=item["priority"],
         rule=item["rule"],
-        agent_id=item["agent_id"],
+        agent_id=agent_id,
         offer=item["offer"],
         customer=item["customer"],
         sentiment=item["sentiment"],
@@ -131,9 +176,9 @@ def offered_event(item: Document) -> CloudEvent[Assignment]:
         enqueued_at=item["enqueued_at"],
     )
     return CloudEvent[Assignment](
-        id=derived_event_id(item["_id"], "offered", str(item["offer"])),
+        id=derived_event_id(item["_id"], status.value, str(item["offer"])),
         source=SOURCE,
-        type=assignment_type(AssignmentStatus.OFFERED),
+        type=assignment_type(status),
         subject=item["_id"],
         data=assignment,
     )
@@ -167,7 +212,7 @@ class RouterService:
 
     async def offer(self, item: Document) -> bool:
         """Offer a queued item to the best available agent; False if nobody can take it."""
-        agent = await self.repository.reserve_agent(utcnow())
+        agent = await self.repository.reserve_agent(utcnow(), exclude=item.get("declined_by", []))
         if agent is None:
             return False
         offered = await self.repository.offer_item(item["_id"], agent["_id"], utcnow())
@@ -193,9 +238,47 @@ class RouterService:
             if not await self.offer(item):
                 return
 
-    async def register_agent(self, payload: AgentIn) -> Document:
+    async def act(self, agent_id: str, item_id: str, action: Action) -> Document:
+        """An agent accepts, declines, resolves or releases an item it holds.
+
+        Raises ItemNotFound, or ActionRefused when the item is not in a state, or not with
+        the agent, that allows the action.
+        """
+        rule = ACTIONS[action]
+        item = await self.repository.find_item(item_id)
+        if item is None:
+            raise ItemNotFound(item_id)
+        if item["agent_id"] != agent_id or item["state"] not in rule.from_states:
+            raise ActionRefused(
+                f"cannot {action.value} an item that is {item['state']} with this agent"
+            )
+        changes: Document = {"state": rule.to_state, f"{action.value}_at": utcnow()}
+        if rule.to_state == "queued":
+            changes["agent_id"] = None
+        if action is Action.DECLINE:
+            changes["declined_by"] = [*item.get("declined_by", []), agent_id]
+        updated = await self.repository.transition(item_id, agent_id, item["state"], changes)
+        if updated is None:
+            raise ActionRefused("the item changed meanwhile; look again")
+        await self.outbox.add(
+            [(self.topics.assignments, item_id, assignment_event(updated, rule.event, agent_id))]
+        )
+        log.info(action.value, interaction_id=item_id, agent_id=agent_id)
+        if rule.frees_agent:
+            await self.repository.release_agent(agent_id)
+            await self.drain()
+        return updated
+
+    async def agent_for_token(self, token: str) -> str | None:
+        agent = await self.repository.find_agent_by_token_hash(hash_api_key(token))
+        return str(agent["_id"]) if agent else None
+
+    async def register_agent(self, payload: AgentIn) -> tuple[Document, str]:
+        """Returns the agent and its API token, which is shown once and stored hashed."""
+        token = new_api_key("sba")
         agent = {
             "_id": str(uuid.uuid4()),
+            "token_hash": hash_api_key(token),
             **payload.model_dump(),
             "load": 0,
             "free": payload.capacity,
@@ -205,7 +288,7 @@ class RouterService:
         await self.repository.insert_agent(agent)
         if payload.presence == "online":
             await self.drain()
-        return agent
+        return agent, token
 
     async def set_presence(self, agent_id: str, presence: Presence) -> Document | None:
         agent = await self.repository.set_presence(agent_id, presence)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tests.support import (
 class Router:
     http: httpx.AsyncClient
     settings: RouterSettings
+    tokens: dict[str, str] = field(default_factory=dict)
 
     async def send(self, *items: EnrichedInteraction) -> None:
         events = [
@@ -63,7 +64,14 @@ class Router:
             headers=admin_headers(),
         )
         assert answer.status_code == 201
+        self.tokens[answer.json()["id"]] = answer.json()["token"]
         return str(answer.json()["id"])
+
+    async def act(self, agent_id: str, interaction_id: str, action: str) -> httpx.Response:
+        return await self.http.post(
+            f"/v1/items/{interaction_id}/{action}",
+            headers={"Authorization": f"Bearer {self.tokens[agent_id]}"},
+        )
 
     async def item_state(self, interaction_id: str) -> str | None:
         answer = await self.http.get(f"/v1/items/{interaction_id}", headers=admin_headers())
@@ -171,3 +179,64 @@ async def test_agents_api_validates_and_needs_admin_token(router: Router) -> Non
     assert anonymous.status_code == 401
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["field"] == "capacity"
+
+
+async def test_accept_then_resolve_is_two_events_and_frees_the_agent(router: Router) -> None:
+    agent_id = await router.agent(capacity=1)
+    first, second = enriched(), enriched()
+    await router.send(first, second)
+    [offer] = await router.offers(1)
+
+    accepted = await router.act(agent_id, offer.interaction_id, "accept")
+    resolved = await router.act(agent_id, offer.interaction_id, "resolve")
+    events = await router.offers(4)
+
+    assert (accepted.status_code, resolved.status_code) == (200, 200)
+    assert [(e.status, e.interaction_id) for e in events] == [
+        ("offered", offer.interaction_id),
+        ("accepted", offer.interaction_id),
+        ("resolved", offer.interaction_id),
+        (
+            "offered",
+            second.interaction.id
+            if offer.interaction_id == first.interaction.id
+            else first.interaction.id,
+        ),
+    ]
+    assert {e.agent_id for e in events} == {agent_id}
+
+
+async def test_a_declined_offer_goes_to_another_agent(router: Router) -> None:
+    grace = await router.agent()
+    item = enriched()
+    await router.send(item)
+    [offer] = await router.offers(1)
+    ada = await router.agent()  # a second agent, who has had no offer yet
+
+    declined = await router.act(str(offer.agent_id), item.interaction.id, "decline")
+    events = await router.offers(3)
+
+    assert declined.status_code == 200
+    assert [(e.status, e.agent_id) for e in events] == [
+        ("offered", grace),
+        ("declined", grace),
+        ("offered", ada),
+    ]
+
+
+async def test_only_the_agent_holding_an_item_may_act_on_it(router: Router) -> None:
+    holder = await router.agent()
+    item = enriched()
+    await router.send(item)
+    await router.offers(1)
+    other = await router.agent(presence="offline")
+
+    by_other = await router.act(other, item.interaction.id, "accept")
+    too_early = await router.act(holder, item.interaction.id, "resolve")
+    anonymous = await router.http.post(f"/v1/items/{item.interaction.id}/accept")
+    unknown = await router.act(holder, "no-such-item", "accept")
+
+    assert by_other.status_code == 409
+    assert too_early.status_code == 409
+    assert anonymous.status_code == 401
+    assert unknown.status_code == 404

@@ -17,6 +17,7 @@ class ServiceMetrics:
     events_failed: Counter
     handle_seconds: Histogram
     outbox_backlog: Gauge
+    publish_lag_seconds: Histogram
 
 
 @cache
@@ -30,6 +31,11 @@ def service_metrics(service: str) -> ServiceMetrics:
             f"{prefix}_events_failed", "Events that could not be handled", ["reason"]
         ),
         handle_seconds=Histogram(f"{prefix}_handle_seconds", "Time to handle one consumed batch"),
+        publish_lag_seconds=Histogram(
+            f"{prefix}_publish_lag_seconds",
+            "From an event being stored in the outbox to the broker acknowledging it",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        ),
         outbox_backlog=Gauge(
             f"{prefix}_outbox_backlog",
             "Events stored but not yet published (at most one relay batch)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -138,8 +139,11 @@ class OutboxRelay:
         ]
         await asyncio.gather(*deliveries)
         await self.outbox.mark_published([entry["_id"] for entry in entries])
+        now = utcnow()
         for entry in entries:
             self.metrics.events_out.labels(topic=entry["topic"]).inc()
+            if isinstance(entry.get("stored_at"), datetime):
+                self.metrics.publish_lag_seconds.observe((now - entry["stored_at"]).total_seconds())
         return len(entries)
 
     async def _wait_for_work(self) -> None:

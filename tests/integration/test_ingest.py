@@ -424,3 +424,84 @@ async def test_kafka_native_submissions_are_taken_in_or_rejected_with_reasons(
     reasons = sorted((e.data.offset, [p.field for p in e.data.errors]) for _, e in rejected)
     assert [fields for _, fields in reasons] == [["value"], ["channel"]]
     assert {e.data.topic for _, e in rejected} == {topics.submitted}
+
+
+async def test_a_restarted_ingest_publishes_what_it_stored_before(
+    tmp_path: Path, namespace: str
+) -> None:
+    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
+    own.start()
+    try:
+        async with running_ingest(own, namespace, tmp_path / "run") as before:
+            own.stop_broker()
+            answers = [
+                await before.http.post(
+                    "/v1/interactions", json=mention(f"s{n}"), headers=before.headers()
+                )
+                for n in range(5)
+            ]
+        own.start_broker()
+        async with running_ingest(own, namespace, tmp_path / "run") as after:
+            topic = after.settings.kafka.topics.received
+            events = await read_topic(after.settings.kafka, topic, Interaction, 5, timeout_s=60)
+    finally:
+        own.stop()
+
+    assert {event.id for _, event in events} == {a.json()["id"] for a in answers}
+
+
+async def test_a_failing_feed_backs_off_and_says_why(ingest: Ingest) -> None:
+    server = FeedServer([("t-1", "hello")])
+    server_app = server.app()
+
+    @server_app.get("/broken.xml")
+    async def broken() -> Response:
+        server.requests.append({"broken": "yes"})
+        return Response(status_code=503)
+
+    async with serving(server_app) as url:
+        await ingest.http.post(
+            "/v1/feeds",
+            json={"url": f"{url}/broken.xml", "poll_interval_s": 1},
+            headers=admin_headers(),
+        )
+        [feed] = await eventually(lambda: _failing_feeds(ingest, 2), timeout_s=20)
+        polls = len(server.requests)
+        await asyncio.sleep(2.5)  # two intervals: without backoff there would be two more polls
+
+    assert "503" in feed["last_error"]
+    assert len(server.requests) - polls <= 1
+
+
+async def _failing_feeds(ingest: Ingest, failures: int) -> list[dict[str, Any]]:
+    feeds: list[dict[str, Any]] = (
+        await ingest.http.get("/v1/feeds", headers=admin_headers())
+    ).json()
+    return [feed for feed in feeds if feed["failures"] >= failures]
+
+
+async def test_metrics_count_outcomes_and_publish_lag(ingest: Ingest) -> None:
+    await ingest.http.post(
+        "/v1/interactions", json=[mention("m1"), mention("m1"), {}], headers=ingest.headers()
+    )
+    await eventually(lambda: _lag_observed(ingest))
+
+    text = (await ingest.http.get("/metrics")).text
+
+    for channel, outcome in (
+        ("twitter", "accepted"),
+        ("twitter", "duplicate"),
+        ("unknown", "rejected"),
+    ):
+        labels = f'channel="{channel}",outcome="{outcome}",publisher="listener"'
+        assert f"switchboard_ingest_interactions_total{{{labels}}}" in text
+
+
+async def _lag_observed(ingest: Ingest) -> bool:
+    text = (await ingest.http.get("/metrics")).text
+    counts = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("switchboard_ingest_publish_lag_seconds_count")
+    ]
+    return bool(counts) and counts[0] > 0

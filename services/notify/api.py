@@ -20,7 +20,7 @@ Service = Annotated[NotifyService, Depends(app_service)]
 
 def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
     """A subscription as the API shows it: never its signing secret."""
-    return public(doc, hide=("secret",))
+    return public(doc, hide=("secret", "previous_secret"))
 
 
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=None)
@@ -36,6 +36,16 @@ async def create_subscription(
             content={"detail": [{"field": "url", "reason": str(exc)}]},
         )
     return {**subscription_out(subscription), "secret": secret}
+
+
+@router.post("/subscriptions/{subscription_id}/rotate-secret")
+async def rotate_secret(subscription_id: str, service: Service) -> dict[str, str]:
+    """A new signing secret, shown once. Until the overlap ends, deliveries carry a
+    signature for each secret, so receivers can switch without missing one."""
+    secret = await service.rotate_secret(subscription_id)
+    if secret is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+    return {"id": subscription_id, "secret": secret}
 
 
 @router.get("/subscriptions/{subscription_id}")

@@ -28,3 +28,5 @@ class NotifySettings(ServiceSettings):
     allow_hosts: frozenset[str] = frozenset()
     max_concurrent_deliveries: int = Field(default=32, ge=1)
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # How long the previous signing secret keeps signing after a rotation.
+    secret_rotation_overlap_s: float = Field(default=24 * 3600, ge=0)

@@ -8,7 +8,7 @@ import ipaddress
 import secrets
 import socket
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -24,13 +24,17 @@ def new_signing_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def signed_headers(secret: str, message_id: str, at: datetime, body: str) -> dict[str, str]:
-    """Headers per the Standard Webhooks spec; the signature covers id, timestamp and body."""
+def signed_headers(
+    secrets: Sequence[str], message_id: str, at: datetime, body: str
+) -> dict[str, str]:
+    """Headers per the Standard Webhooks spec; the signature covers id, timestamp and body.
+    While a secret is being rotated, one signature per secret, space-separated."""
+    signatures = " ".join(Webhook(secret).sign(message_id, at, body) for secret in secrets)
     return {
         "content-type": "application/json",
         "webhook-id": message_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(message_id, at, body),
+        "webhook-signature": signatures,
     }
 
 

@@ -34,6 +34,9 @@ class NotifyRepository:
     async def enabled_subscriptions(self) -> list[Document]:
         return await self.subscriptions.find({"enabled": True}).to_list(None)
 
+    async def update_subscription(self, subscription_id: str, changes: Document) -> None:
+        await self.subscriptions.update_one({"_id": subscription_id}, {"$set": changes})
+
     async def disable_subscription(self, subscription_id: str, reason: str) -> None:
         await self.subscriptions.update_one(
             {"_id": subscription_id}, {"$set": {"enabled": False, "disabled_reason": reason}}

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import random
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
@@ -50,6 +51,7 @@ class Filters(BaseModel):
     agent_id: str | None = None
     queue: str | None = None
     tier: str | None = None
+    priority: int | None = Field(default=None, ge=1, le=5)
 
 
 class SubscriptionIn(BaseModel):
@@ -60,6 +62,7 @@ class SubscriptionIn(BaseModel):
         default_factory=lambda: ["io.switchboard.assignment.*"], min_length=1, max_length=32
     )
     filters: Filters = Field(default_factory=Filters)
+    format: Literal["cloudevents", "slack"] = "cloudevents"
     description: str | None = Field(default=None, max_length=256)
 
 
@@ -72,8 +75,28 @@ def wants(subscription: Document, event: CloudEvent[Assignment]) -> bool:
         "agent_id": event.data.agent_id,
         "queue": event.data.queue,
         "tier": event.data.customer.tier,
+        "priority": event.data.priority,
     }
     return all(filters.get(name) in (None, value) for name, value in observed.items())
+
+
+def slack_message(event: CloudEvent[Assignment]) -> str:
+    """The event as a Slack incoming-webhook message."""
+    data = event.data
+    status = data.status.value.replace("_", " ")
+    text = (
+        f"*{status}* · queue `{data.queue}` · P{data.priority} · {data.customer.tier} customer, "
+        f"{data.sentiment}\n>{data.author_handle} on {data.channel.value}: {data.text[:300]}"
+    )
+    if data.url:
+        text += f"\n<{data.url}|open the post>"
+    return json.dumps({"text": text}, ensure_ascii=False)
+
+
+def body_for(subscription: Document, event: CloudEvent[Assignment]) -> str:
+    if subscription.get("format") == "slack":
+        return slack_message(event)
+    return event.model_dump_json()
 
 
 def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Document:
@@ -84,7 +107,7 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "subscription_id": subscription["_id"],
         "event_id": event.id,
         "event_type": event.type,
-        "body": event.model_dump_json(),
+        "body": body_for(subscription, event),
         "status": "pending",
         "attempt_count": 0,
         "round_start": 0,
@@ -92,6 +115,15 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "next_attempt_ms": epoch_ms(now),
         "created_at": now,
     }
+
+
+def signing_secrets(subscription: Document, now: datetime) -> list[str]:
+    """The current secret, and the previous one while its rotation overlap lasts."""
+    secrets = [subscription["secret"]]
+    previous, until = subscription.get("previous_secret"), subscription.get("previous_until_ms")
+    if previous and until and epoch_ms(now) < until:
+        secrets.append(previous)
+    return secrets
 
 
 def next_delay(
@@ -132,6 +164,23 @@ class NotifyService:
         }
         await self.repository.insert_subscription(subscription)
         return subscription, secret
+
+    async def rotate_secret(self, subscription_id: str) -> str | None:
+        """A new signing secret, shown once; the old one signs too until the overlap ends."""
+        subscription = await self.repository.find_subscription(subscription_id)
+        if subscription is None:
+            return None
+        secret = new_signing_secret()
+        overlap_until = utcnow() + timedelta(seconds=self.settings.secret_rotation_overlap_s)
+        await self.repository.update_subscription(
+            subscription_id,
+            {
+                "secret": secret,
+                "previous_secret": subscription["secret"],
+                "previous_until_ms": epoch_ms(overlap_until),
+            },
+        )
+        return secret
 
     async def get_subscription(self, subscription_id: str) -> Document | None:
         return await self.repository.find_subscription(subscription_id)
@@ -243,8 +292,9 @@ class NotifyService:
             outcome = None
             error: str | None = str(exc)
         else:
+            now = utcnow()
             headers = signed_headers(
-                subscription["secret"], delivery["_id"], utcnow(), delivery["body"]
+                signing_secrets(subscription, now), delivery["_id"], now, delivery["body"]
             )
             outcome = await send_attempt(client, target, headers, delivery["body"])
             error = outcome.error

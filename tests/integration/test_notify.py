@@ -294,3 +294,24 @@ async def test_delivery_goes_to_the_resolved_address_under_the_endpoints_name(
 
         [(headers, _)] = desk.received
         assert headers["host"] == named_url.split("/")[2]
+
+
+async def test_after_a_secret_rotation_deliveries_verify_with_old_and_new_secret(
+    notify: NotifyFactory,
+) -> None:
+    async with notify() as service, receiving() as desk:
+        subscription = await service.subscribe(desk.url, format="slack")
+        rotated = await service.http.post(
+            f"/v1/subscriptions/{subscription['id']}/rotate-secret", headers=admin_headers()
+        )
+
+        await service.send(offered())
+        await eventually(lambda: at_least(desk.received, 1))
+
+    [(headers, body)] = desk.received
+    new_secret = rotated.json()["secret"]
+    assert new_secret != subscription["secret"]
+    assert Webhook(subscription["secret"]).verify(body, headers) == Webhook(new_secret).verify(
+        body, headers
+    )
+    assert "text" in json.loads(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from services.notify.delivery import (
     new_signing_secret,
     signed_headers,
 )
-from services.notify.service import next_delay, wants
+from services.notify.service import body_for, next_delay, wants
 from shared.events import Assignment, AssignmentStatus, CloudEvent, assignment_type, utcnow
 
 OFFERED = assignment_type(AssignmentStatus.OFFERED)
@@ -141,7 +142,7 @@ def test_new_signing_secret_has_the_whsec_prefix_and_is_random() -> None:
 
 def test_signed_headers_carry_id_timestamp_and_signature() -> None:
     at = utcnow()
-    headers = signed_headers(new_signing_secret(), "msg_1", at, BODY)
+    headers = signed_headers([new_signing_secret()], "msg_1", at, BODY)
 
     assert headers["webhook-id"] == "msg_1"
     assert headers["webhook-timestamp"] == str(int(at.timestamp()))
@@ -151,13 +152,13 @@ def test_signed_headers_carry_id_timestamp_and_signature() -> None:
 
 def test_signed_headers_verify_with_standard_webhooks() -> None:
     secret = new_signing_secret()
-    headers = signed_headers(secret, "msg_1", utcnow(), BODY)
+    headers = signed_headers([secret], "msg_1", utcnow(), BODY)
 
     assert Webhook(secret).verify(BODY, headers) == {"id": "e1", "data": {"text": "é 😤"}}
 
 
 def test_signed_headers_do_not_verify_with_another_secret() -> None:
-    headers = signed_headers(new_signing_secret(), "msg_1", utcnow(), BODY)
+    headers = signed_headers([new_signing_secret()], "msg_1", utcnow(), BODY)
 
     with pytest.raises(WebhookVerificationError):
         Webhook(new_signing_secret()).verify(BODY, headers)
@@ -165,7 +166,7 @@ def test_signed_headers_do_not_verify_with_another_secret() -> None:
 
 def test_signed_headers_do_not_verify_a_tampered_body() -> None:
     secret = new_signing_secret()
-    headers = signed_headers(secret, "msg_1", utcnow(), BODY)
+    headers = signed_headers([secret], "msg_1", utcnow(), BODY)
 
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(BODY.replace("e1", "e2"), headers)
@@ -214,3 +215,28 @@ async def test_check_endpoint_accepts_a_public_ip_literal(url: str) -> None:
 
 async def test_check_endpoint_judges_an_ipv4_mapped_address_by_its_ipv4() -> None:
     await check_endpoint("http://[::ffff:93.184.215.14]/", allow_hosts=())
+
+
+def test_during_a_rotation_both_secrets_verify() -> None:
+    old, new = new_signing_secret(), new_signing_secret()
+
+    headers = signed_headers([new, old], "msg_1", utcnow(), BODY)
+
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(old).verify(BODY, headers) == Webhook(new).verify(BODY, headers)
+
+
+def test_priority_filter_matches_only_its_priority() -> None:
+    event = offered()
+
+    assert wants(subscription(["io.switchboard.*"], {"priority": 1}), event)
+    assert not wants(subscription(["io.switchboard.*"], {"priority": 2}), event)
+
+
+def test_slack_format_is_a_text_message_naming_queue_and_customer() -> None:
+    body = json.loads(body_for({"format": "slack"}, offered()))
+
+    assert set(body) == {"text"}
+    assert "`priority`" in body["text"]
+    assert "gold customer" in body["text"]
+    assert json.loads(body_for({}, offered()))["id"] == "e1"

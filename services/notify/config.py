@@ -27,6 +27,10 @@ class NotifySettings(ServiceSettings):
     # Hosts that may resolve to private or loopback addresses (e.g. a desk on this machine).
     allow_hosts: frozenset[str] = frozenset()
     max_concurrent_deliveries: int = Field(default=32, ge=1)
+    max_in_flight_per_endpoint: int = Field(default=4, ge=1)
+    # An endpoint that fails this many times in a row is left alone for the cooldown.
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
     # How long the previous signing secret keeps signing after a rotation.
     secret_rotation_overlap_s: float = Field(default=24 * 3600, ge=0)

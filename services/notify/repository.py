@@ -64,6 +64,13 @@ class NotifyRepository:
             return_document=ReturnDocument.AFTER,
         )
 
+    async def postpone(self, delivery_id: str, until: datetime) -> None:
+        """Move a delivery's next attempt without counting one (an open breaker, a busy endpoint)."""
+        await self.deliveries.update_one(
+            {"_id": delivery_id, "status": "pending"},
+            {"$set": {"next_attempt_ms": epoch_ms(until)}},
+        )
+
     async def record_attempt(
         self, delivery_id: str, number: int, attempt: dict[str, Any], changes: dict[str, Any]
     ) -> None:

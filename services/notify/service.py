@@ -10,10 +10,13 @@ import json
 import random
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, Literal
 
 import httpx
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pymongo.errors import PyMongoError
 
@@ -27,6 +30,7 @@ from services.notify.delivery import (
     signed_headers,
 )
 from services.notify.delivery import attempt as send_attempt
+from services.notify.isolation import Endpoints, endpoint_key
 from services.notify.repository import NotifyRepository
 from shared.events import (
     DELIVERY_DEAD,
@@ -43,6 +47,28 @@ from shared.topics import Topics
 
 SOURCE = "/switchboard/notify"
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryMetrics:
+    attempts: Counter
+    latency_seconds: Histogram
+    open_breakers: Gauge
+
+
+@cache
+def delivery_metrics() -> DeliveryMetrics:
+    return DeliveryMetrics(
+        attempts=Counter(
+            "switchboard_notify_attempts",
+            "Webhook attempts by what followed: delivered, retry, dead or gone (410)",
+            ["outcome"],
+        ),
+        latency_seconds=Histogram(
+            "switchboard_notify_attempt_seconds", "Time for an endpoint to answer one attempt"
+        ),
+        open_breakers=Gauge("switchboard_notify_open_breakers", "Endpoints whose breaker is open"),
+    )
 
 
 class Filters(BaseModel):
@@ -150,6 +176,11 @@ class NotifyService:
         self.topics = topics
         self.settings = settings
         self.wakeup = asyncio.Event()
+        self.endpoints = Endpoints(
+            settings.breaker_threshold,
+            settings.breaker_cooldown_s,
+            settings.max_in_flight_per_endpoint,
+        )
 
     async def create_subscription(self, payload: SubscriptionIn) -> tuple[Document, str]:
         """Raises EndpointRefused for an endpoint on a non-public address."""
@@ -286,18 +317,20 @@ class NotifyService:
             )
             return
         url = subscription["url"]
+        key = endpoint_key(url)
+        breaker = self.endpoints.breaker(key)
+        if (wait := breaker.wait()) > 0:  # open: try again when it may close, costing no attempt
+            await self.repository.postpone(delivery["_id"], utcnow() + timedelta(seconds=wait))
+            return
+        if not self.endpoints.try_enter(key):  # this endpoint has enough in flight already
+            await self.repository.postpone(delivery["_id"], utcnow() + timedelta(seconds=0.5))
+            return
         try:
-            target = await resolve_endpoint(url, self.settings.allow_hosts)
-        except EndpointRefused as exc:
-            outcome = None
-            error: str | None = str(exc)
-        else:
-            now = utcnow()
-            headers = signed_headers(
-                signing_secrets(subscription, now), delivery["_id"], now, delivery["body"]
-            )
-            outcome = await send_attempt(client, target, headers, delivery["body"])
-            error = outcome.error
+            outcome, error = await self._attempt(client, delivery, subscription)
+        finally:
+            self.endpoints.leave(key)
+        breaker.record(outcome is not None and (outcome.ok or outcome.gone))
+        delivery_metrics().open_breakers.set(self.endpoints.open_count())
         record = {
             "at": utcnow(),
             "status_code": outcome.status_code if outcome else None,
@@ -306,6 +339,21 @@ class NotifyService:
             "excerpt": outcome.excerpt if outcome else "",
         }
         await self._settle(delivery, subscription, record, outcome)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, delivery: Document, subscription: Document
+    ) -> tuple[Attempt | None, str | None]:
+        try:
+            target = await resolve_endpoint(subscription["url"], self.settings.allow_hosts)
+        except EndpointRefused as exc:
+            return None, str(exc)
+        now = utcnow()
+        headers = signed_headers(
+            signing_secrets(subscription, now), delivery["_id"], now, delivery["body"]
+        )
+        outcome = await send_attempt(client, target, headers, delivery["body"])
+        delivery_metrics().latency_seconds.observe(outcome.latency_ms / 1000)
+        return outcome, outcome.error
 
     async def _settle(
         self,
@@ -324,7 +372,9 @@ class NotifyService:
             status_code=record["status_code"],
             error=record["error"],
         )
+        counter = delivery_metrics().attempts
         if outcome is not None and outcome.ok:
+            counter.labels(outcome="delivered").inc()
             await self.repository.record_attempt(
                 delivery["_id"],
                 attempts_made,
@@ -333,6 +383,7 @@ class NotifyService:
             )
             return
         if outcome is not None and outcome.gone:
+            counter.labels(outcome="gone").inc()
             await self.repository.disable_subscription(
                 subscription["_id"], "endpoint answered 410 Gone"
             )
@@ -346,6 +397,7 @@ class NotifyService:
             outcome.retry_after_s if outcome is not None else None,
         )
         if delay is None:
+            counter.labels(outcome="dead").inc()
             await self.repository.record_attempt(
                 delivery["_id"], attempts_made, record, {"status": "dead"}
             )
@@ -359,6 +411,7 @@ class NotifyService:
                 ]
             )
             return
+        counter.labels(outcome="retry").inc()
         retry_at: datetime = record["at"] + timedelta(seconds=delay)
         await self.repository.record_attempt(
             delivery["_id"], attempts_made, record, {"next_attempt_ms": epoch_ms(retry_at)}

@@ -315,3 +315,24 @@ async def test_after_a_secret_rotation_deliveries_verify_with_old_and_new_secret
         body, headers
     )
     assert "text" in json.loads(body)
+
+
+async def test_an_endpoint_that_keeps_failing_is_left_alone_for_the_cooldown(
+    notify: NotifyFactory,
+) -> None:
+    settings = {"retry_schedule_s": (0.05,) * 10, "breaker_threshold": 2, "breaker_cooldown_s": 3.0}
+    async with notify(**settings) as service, receiving(answers=[500] * 3) as failing:
+        await service.subscribe(failing.url)
+
+        await service.send(offered())
+        await eventually(lambda: at_least(failing.arrivals, 4), timeout_s=20)
+
+        metrics = (await service.http.get("/metrics")).text
+
+    gaps = [
+        later - earlier
+        for earlier, later in zip(failing.arrivals, failing.arrivals[1:], strict=False)
+    ]
+    assert gaps[0] < 1.0  # the first retry follows the schedule
+    assert gaps[1] >= 2.5  # then the breaker holds attempts back for the cooldown
+    assert 'switchboard_notify_attempts_total{outcome="retry"}' in metrics

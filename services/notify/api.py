@@ -20,7 +20,9 @@ Service = Annotated[NotifyService, Depends(app_service)]
 
 def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
     """A subscription as the API shows it: never its signing secret."""
-    return public(doc, hide=("secret", "previous_secret"))
+    shown = public(doc, hide=("secret", "previous_secret"))
+    shown["enabled"] = bool(shown.get("enabled"))  # stored as 1/0 by some stores
+    return shown
 
 
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=None)
@@ -48,6 +50,21 @@ async def rotate_secret(subscription_id: str, service: Service) -> dict[str, str
     return {"id": subscription_id, "secret": secret}
 
 
+class EnabledIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+
+
+@router.put("/subscriptions/{subscription_id}/enabled")
+async def set_enabled(subscription_id: str, payload: EnabledIn, service: Service) -> dict[str, Any]:
+    """Pause or resume a subscription (an endpoint answering 410 Gone pauses it too)."""
+    subscription = await service.set_enabled(subscription_id, payload.enabled)
+    if subscription is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+    return subscription_out(subscription)
+
+
 @router.get("/subscriptions/{subscription_id}")
 async def get_subscription(subscription_id: str, service: Service) -> dict[str, Any]:
     subscription = await service.get_subscription(subscription_id)
@@ -63,13 +80,19 @@ async def list_deliveries(
     delivery_status: Annotated[
         Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")
     ] = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[dict[str, Any]]:
-    filters = {
+    """Deliveries, oldest first, by subscription, status and creation time."""
+    filters: dict[str, Any] = {
         name: value
         for name, value in (("subscription_id", subscription_id), ("status", delivery_status))
         if value is not None
     }
+    created = {op: at for op, at in (("$gte", since), ("$lte", until)) if at is not None}
+    if created:
+        filters["created_at"] = created
     deliveries = await service.list_deliveries(filters, limit)
     return [public(delivery) for delivery in deliveries]
 

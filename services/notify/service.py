@@ -213,6 +213,13 @@ class NotifyService:
         )
         return secret
 
+    async def set_enabled(self, subscription_id: str, enabled: bool) -> Document | None:
+        await self.repository.update_subscription(
+            subscription_id,
+            {"enabled": enabled, "disabled_reason": None if enabled else "by request"},
+        )
+        return await self.repository.find_subscription(subscription_id)
+
     async def get_subscription(self, subscription_id: str) -> Document | None:
         return await self.repository.find_subscription(subscription_id)
 

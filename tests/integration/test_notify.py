@@ -27,6 +27,7 @@ from shared.events import (
     utcnow,
 )
 from tests.support import (
+    Receiver,
     admin_headers,
     at_least,
     client_of,
@@ -136,7 +137,7 @@ async def test_delivery_is_signed_per_standard_webhooks(notify: NotifyFactory) -
 
 async def test_failing_endpoint_gets_retried_under_one_webhook_id(notify: NotifyFactory) -> None:
     async with notify() as service, receiving(answers=[500, 503, 502]) as desk:
-        await service.subscribe(desk.url)
+        subscription = await service.subscribe(desk.url)
 
         await service.send(offered())
         await eventually(lambda: service.deliveries("delivered"))
@@ -148,11 +149,12 @@ async def test_failing_endpoint_gets_retried_under_one_webhook_id(notify: Notify
             f"/v1/deliveries/{delivery['id']}/attempts", headers=admin_headers()
         )
         assert [a["status_code"] for a in attempts.json()] == [500, 503, 502, 200]
+    assert_all_signed(desk, subscription["secret"])
 
 
 async def test_redelivered_event_is_delivered_once(notify: NotifyFactory) -> None:
     async with notify() as service, receiving() as desk:
-        await service.subscribe(desk.url)
+        subscription = await service.subscribe(desk.url)
         event = offered()
 
         await service.send(event, event)
@@ -160,6 +162,7 @@ async def test_redelivered_event_is_delivered_once(notify: NotifyFactory) -> Non
         await _settle()
 
         assert len(desk.received) == 1
+    assert_all_signed(desk, subscription["secret"])
 
 
 async def test_filters_send_an_agent_only_its_own_offers(notify: NotifyFactory) -> None:
@@ -265,7 +268,7 @@ async def test_a_slow_endpoint_does_not_hold_up_a_healthy_one(notify: NotifyFact
 
 async def test_a_dead_delivery_can_be_replayed(notify: NotifyFactory) -> None:
     async with notify(retry_schedule_s=(0.05,)) as service, receiving(answers=[500, 500]) as desk:
-        await service.subscribe(desk.url)
+        subscription = await service.subscribe(desk.url)
         await service.send(offered())
         [dead] = await eventually(lambda: service.deliveries("dead"))
 
@@ -280,6 +283,7 @@ async def test_a_dead_delivery_can_be_replayed(notify: NotifyFactory) -> None:
     assert delivered["id"] == dead["id"]
     assert delivered["attempt_count"] == 3
     assert len({headers["webhook-id"] for headers, _ in desk.received}) == 1
+    assert_all_signed(desk, subscription["secret"])
 
 
 async def test_delivery_goes_to_the_resolved_address_under_the_endpoints_name(
@@ -336,3 +340,43 @@ async def test_an_endpoint_that_keeps_failing_is_left_alone_for_the_cooldown(
     assert gaps[0] < 1.0  # the first retry follows the schedule
     assert gaps[1] >= 2.5  # then the breaker holds attempts back for the cooldown
     assert 'switchboard_notify_attempts_total{outcome="retry"}' in metrics
+
+
+async def test_410_gone_disables_the_subscription_and_it_can_be_enabled_again(
+    notify: NotifyFactory,
+) -> None:
+    async with notify() as service, receiving(answers=[410]) as desk:
+        subscription = await service.subscribe(desk.url)
+        await service.send(offered())
+        [cancelled] = await eventually(lambda: service.deliveries("cancelled"))
+        paused = await service.http.get(
+            f"/v1/subscriptions/{subscription['id']}", headers=admin_headers()
+        )
+
+        resumed = await service.http.put(
+            f"/v1/subscriptions/{subscription['id']}/enabled",
+            json={"enabled": True},
+            headers=admin_headers(),
+        )
+        await service.send(offered())
+        [delivered] = await eventually(lambda: service.deliveries("delivered"))
+        since = await service.http.get(
+            "/v1/deliveries",
+            params={"since": delivered["created_at"]},
+            headers=admin_headers(),
+        )
+
+    assert cancelled["attempt_count"] == 1
+    assert (paused.json()["enabled"], paused.json()["disabled_reason"]) == (
+        False,
+        "endpoint answered 410 Gone",
+    )
+    assert resumed.json()["enabled"] is True
+    assert [d["id"] for d in since.json()] == [delivered["id"]]
+    assert_all_signed(desk, subscription["secret"])
+
+
+def assert_all_signed(desk: Receiver, secret: str) -> None:
+    """Every request the receiver got verifies with the subscription's secret."""
+    for headers, body in desk.received:
+        Webhook(secret).verify(body, headers)

@@ -167,7 +167,7 @@ async def test_redelivered_event_is_delivered_once(notify: NotifyFactory) -> Non
 
 async def test_filters_send_an_agent_only_its_own_offers(notify: NotifyFactory) -> None:
     async with notify() as service, receiving() as desk:
-        await service.subscribe(desk.url, filters={"agent_id": "agent-2"})
+        subscription = await service.subscribe(desk.url, filters={"agent_id": "agent-2"})
         mine, other = offered(agent_id="agent-2"), offered(agent_id="agent-3")
 
         await service.send(other, mine)
@@ -175,6 +175,7 @@ async def test_filters_send_an_agent_only_its_own_offers(notify: NotifyFactory) 
         await _settle()
 
         assert [json.loads(body)["id"] for _, body in desk.received] == [mine.id]
+        assert_all_signed(desk, subscription["secret"])
 
 
 async def test_spent_schedule_dead_letters_the_delivery(notify: NotifyFactory) -> None:
@@ -232,11 +233,12 @@ async def test_retry_after_on_429_is_honoured(notify: NotifyFactory) -> None:
         notify() as service,
         receiving(answers=[429], failure_headers={"Retry-After": "2"}) as desk,
     ):
-        await service.subscribe(desk.url)
+        subscription = await service.subscribe(desk.url)
 
         await service.send(offered())
         await eventually(lambda: service.deliveries("delivered"))
 
+        assert_all_signed(desk, subscription["secret"])
         assert len(desk.arrivals) == 2
         assert desk.arrivals[1] - desk.arrivals[0] >= 1.9  # the schedule alone says 0.1 s
 
@@ -244,7 +246,7 @@ async def test_retry_after_on_429_is_honoured(notify: NotifyFactory) -> None:
 async def test_a_restart_between_retries_keeps_the_schedule(notify: NotifyFactory) -> None:
     async with receiving(answers=[500]) as desk:
         async with notify(retry_schedule_s=(3.0,)) as service:
-            await service.subscribe(desk.url)
+            subscription = await service.subscribe(desk.url)
             await service.send(offered())
             await eventually(lambda: at_least(desk.received, 1))
         async with notify(retry_schedule_s=(3.0,)) as restarted:
@@ -253,17 +255,19 @@ async def test_a_restart_between_retries_keeps_the_schedule(notify: NotifyFactor
     assert delivered["attempt_count"] == 2
     assert len({headers["webhook-id"] for headers, _ in desk.received}) == 1
     assert desk.arrivals[1] - desk.arrivals[0] >= 2.0
+    assert_all_signed(desk, subscription["secret"])
 
 
 async def test_a_slow_endpoint_does_not_hold_up_a_healthy_one(notify: NotifyFactory) -> None:
     async with notify() as service, receiving(delay_s=8.0) as slow, receiving() as healthy:
         await service.subscribe(slow.url)
-        await service.subscribe(healthy.url)
+        subscription = await service.subscribe(healthy.url)
 
         await service.send(offered(), offered())
         await eventually(lambda: at_least(healthy.received, 2), timeout_s=6.0)
 
         assert slow.answered == 0  # the slow one is still busy with its first
+        assert_all_signed(healthy, subscription["secret"])
 
 
 async def test_a_dead_delivery_can_be_replayed(notify: NotifyFactory) -> None:
@@ -291,13 +295,14 @@ async def test_delivery_goes_to_the_resolved_address_under_the_endpoints_name(
 ) -> None:
     async with notify(allow_hosts=frozenset({"localhost"})) as service, receiving() as desk:
         named_url = desk.url.replace("127.0.0.1", "localhost")
-        await service.subscribe(named_url)
+        subscription = await service.subscribe(named_url)
 
         await service.send(offered())
         await eventually(lambda: at_least(desk.received, 1))
 
         [(headers, _)] = desk.received
         assert headers["host"] == named_url.split("/")[2]
+        assert_all_signed(desk, subscription["secret"])
 
 
 async def test_after_a_secret_rotation_deliveries_verify_with_old_and_new_secret(
@@ -326,7 +331,7 @@ async def test_an_endpoint_that_keeps_failing_is_left_alone_for_the_cooldown(
 ) -> None:
     settings = {"retry_schedule_s": (0.05,) * 10, "breaker_threshold": 2, "breaker_cooldown_s": 3.0}
     async with notify(**settings) as service, receiving(answers=[500] * 3) as failing:
-        await service.subscribe(failing.url)
+        subscription = await service.subscribe(failing.url)
 
         await service.send(offered())
         await eventually(lambda: at_least(failing.arrivals, 4), timeout_s=20)
@@ -340,6 +345,7 @@ async def test_an_endpoint_that_keeps_failing_is_left_alone_for_the_cooldown(
     assert gaps[0] < 1.0  # the first retry follows the schedule
     assert gaps[1] >= 2.5  # then the breaker holds attempts back for the cooldown
     assert 'switchboard_notify_attempts_total{outcome="retry"}' in metrics
+    assert_all_signed(failing, subscription["secret"])
 
 
 async def test_410_gone_disables_the_subscription_and_it_can_be_enabled_again(

@@ -127,7 +127,11 @@ def _raw_event(event: Any) -> RawEvent:
 
 
 async def _until_stored(handler: BatchHandler, batch: Sequence[RawEvent], name: str) -> None:
-    """Retry with capped backoff: a batch is acknowledged only once its effect is stored."""
+    """Retry with capped backoff: a batch is acknowledged only once its effect is stored.
+
+    One edge remains: Faust acks a ``take_events`` batch in a ``finally``, so if the app's
+    stop times out while a batch is still failing here, that batch may be acked unstored.
+    """
     delay = 0.1
     while True:
         try:

@@ -66,9 +66,16 @@ class ChildProcesses:
     def start(
         self, args: list[str], log: IO[bytes] | None, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start a child that is also told to stop (SIGTERM) if this process dies."""
+        """Start a child in a session of its own, so a Ctrl-C on the terminal reaches only
+        this process, which then stops the children in order (services before the broker
+        they need to shut down cleanly). The child is also told to stop if this dies."""
         process = subprocess.Popen(  # noqa: S603
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.processes.append(process)
         return process

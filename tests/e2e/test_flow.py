@@ -69,6 +69,7 @@ def system(tmp_path: Path) -> Iterator[System]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as in a terminal
     )
     local = LocalSettings.model_validate(
         {"home": tmp_path / "home"}
@@ -146,6 +147,6 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
 
     children = children_of(system.process.pid)
     assert len(children) == 7  # broker, store, four services, desk
-    system.process.send_signal(signal.SIGINT)
+    os.killpg(system.process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
     assert system.process.wait(timeout=60) == 0
     assert [pid for pid in children if alive(pid)] == []

@@ -129,6 +129,8 @@ def up(local: LocalSettings) -> int:
     credentials.setdefault("SWITCHBOARD_AUTH_ADMIN_TOKEN", secrets.token_urlsafe(32))
     stack = EmbeddedStack(local.home, local.broker_port, local.store_port)
     services = ChildProcesses()
+    # Both signals stop everything, even where SIGINT came in ignored (a background job).
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         print(f"starting broker on :{local.broker_port} and store on :{local.store_port} ...")

@@ -23,6 +23,7 @@ INTERACTION_REJECTED = "io.switchboard.interaction.rejected.v1"
 INTERACTION_ENRICHED = "io.switchboard.interaction.enriched.v1"
 ASSIGNMENT_PREFIX = "io.switchboard.assignment."
 DELIVERY_DEAD = "io.switchboard.delivery.dead.v1"
+SLA_BREACHED = "io.switchboard.sla.breached.v1"
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c6a4e-2f43-4d7c-9a57-3c1b0f2d9e11")
 
@@ -163,6 +164,18 @@ class Assignment(Model):
     author_handle: str
     text: str
     url: HttpUrl | None = None
+    enqueued_at: datetime
+
+
+class SlaBreach(Model):
+    """An item that waited past its first-response target, and how it was escalated."""
+
+    interaction_id: str
+    queue: str
+    priority_before: int = Field(ge=1, le=5)
+    priority_after: int = Field(ge=1, le=5)
+    waited_s: float
+    customer: CustomerRef
     enqueued_at: datetime
 
 

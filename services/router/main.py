@@ -12,10 +12,12 @@ from shared.app import Runtime, service_app
 def create_app(settings: RouterSettings) -> FastAPI:
     runtime = Runtime.create("router", settings)
     repository = RouterRepository(runtime.db)
-    service = RouterService(repository, runtime.outbox, settings.kafka.topics)
+    service = RouterService(repository, runtime.outbox, settings.kafka.topics, settings)
     runtime.consume(
         settings.kafka.topics.enriched, stream.enriched_handler(service, runtime.metrics)
     )
-    app = service_app(runtime, [api.router], startup=[repository.ensure_indexes])
+    app = service_app(
+        runtime, [api.router], startup=[repository.ensure_indexes], background=[service.run_timers]
+    )
     app.state.service = service
     return app

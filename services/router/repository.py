@@ -13,7 +13,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.mongo import Document
+from shared.mongo import Document, epoch_ms
 
 
 class RouterRepository:
@@ -69,12 +69,19 @@ class RouterRepository:
     async def find_item(self, item_id: str) -> Document | None:
         return await self.items.find_one({"_id": item_id})
 
-    async def offer_item(self, item_id: str, agent_id: str, at: datetime) -> Document | None:
+    async def offer_item(
+        self, item_id: str, agent_id: str, at: datetime, expires_at: datetime
+    ) -> Document | None:
         """Move a queued item to ``agent_id``; None if it is no longer queued."""
         return await self.items.find_one_and_update(
             {"_id": item_id, "state": "queued"},
             {
-                "$set": {"state": "offered", "agent_id": agent_id, "offered_at": at},
+                "$set": {
+                    "state": "offered",
+                    "agent_id": agent_id,
+                    "offered_at": at,
+                    "offer_expires_ms": epoch_ms(expires_at),
+                },
                 "$inc": {"offer": 1},
             },
             return_document=ReturnDocument.AFTER,
@@ -87,6 +94,31 @@ class RouterRepository:
         return await self.items.find_one_and_update(
             {"_id": item_id, "agent_id": agent_id, "state": state},
             {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def expired_offers(self, now: datetime, limit: int = 100) -> list[Document]:
+        cursor = self.items.find(
+            {"state": "offered", "offer_expires_ms": {"$lte": epoch_ms(now)}}
+        ).limit(limit)
+        return await cursor.to_list(length=limit)
+
+    async def overdue_items(self, now: datetime, limit: int = 100) -> list[Document]:
+        """Waiting items past their first-response target, not yet escalated."""
+        cursor = self.items.find(
+            {
+                "state": {"$in": ["queued", "offered"]},
+                "sla_due_ms": {"$lte": epoch_ms(now)},
+                "sla_breached_ms": None,
+            }
+        ).limit(limit)
+        return await cursor.to_list(length=limit)
+
+    async def mark_breached(self, item_id: str, now: datetime, priority: int) -> Document | None:
+        """Record the breach once: None if it was already recorded (by this or another replica)."""
+        return await self.items.find_one_and_update(
+            {"_id": item_id, "sla_breached_ms": None},
+            {"$set": {"sla_breached_ms": epoch_ms(now), "priority": priority}},
             return_document=ReturnDocument.AFTER,
         )
 

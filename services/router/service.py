@@ -3,27 +3,33 @@ it to the best available agent. Every change of an assignment is an event."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo.errors import PyMongoError
 
+from services.router.config import RouterSettings
 from services.router.repository import RouterRepository
 from shared.events import (
+    SLA_BREACHED,
     Assignment,
     AssignmentStatus,
     CloudEvent,
     EnrichedInteraction,
     SentimentLabel,
+    SlaBreach,
     assignment_type,
     derived_event_id,
     utcnow,
 )
 from shared.logging import get_logger, handling
-from shared.mongo import Document
+from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
@@ -129,8 +135,9 @@ class PresenceIn(BaseModel):
     presence: Presence
 
 
-def new_item(enriched: EnrichedInteraction, decision: Decision) -> Document:
+def new_item(enriched: EnrichedInteraction, decision: Decision, sla_s: Sequence[float]) -> Document:
     interaction = enriched.interaction
+    now = utcnow()
     return {
         "_id": interaction.id,
         "state": "queued",
@@ -139,7 +146,9 @@ def new_item(enriched: EnrichedInteraction, decision: Decision) -> Document:
         "rule": decision.rule,
         "offer": 0,
         "agent_id": None,
-        "enqueued_at": utcnow(),
+        "enqueued_at": now,
+        "sla_due_ms": epoch_ms(now + timedelta(seconds=sla_s[decision.priority - 1])),
+        "sla_breached_ms": None,
         "customer": enriched.customer.model_dump(mode="json"),
         "sentiment": enriched.sentiment.label,
         "channel": interaction.channel.value,
@@ -184,11 +193,79 @@ def assignment_event(
     )
 
 
+def sla_breached_event(item: Document, priority: int, now: datetime) -> CloudEvent[SlaBreach]:
+    enqueued = item["enqueued_at"]
+    return CloudEvent[SlaBreach](
+        id=derived_event_id(item["_id"], SLA_BREACHED),
+        source=SOURCE,
+        type=SLA_BREACHED,
+        subject=item["_id"],
+        data=SlaBreach(
+            interaction_id=item["_id"],
+            queue=item["queue"],
+            priority_before=item["priority"],
+            priority_after=priority,
+            waited_s=round((now - enqueued).total_seconds(), 3),
+            customer=item["customer"],
+            enqueued_at=enqueued,
+        ),
+    )
+
+
 class RouterService:
-    def __init__(self, repository: RouterRepository, outbox: Outbox, topics: Topics) -> None:
+    def __init__(
+        self,
+        repository: RouterRepository,
+        outbox: Outbox,
+        topics: Topics,
+        settings: RouterSettings,
+    ) -> None:
         self.repository = repository
         self.outbox = outbox
         self.topics = topics
+        self.settings = settings
+
+    async def run_timers(self) -> None:
+        """Offer timeouts and SLA breaches, from deadlines stored with the items, so a
+        restart misses none and replicas do not double them (conditional updates)."""
+        while True:
+            try:
+                await self.expire_offers()
+                await self.escalate_overdue()
+            except PyMongoError as exc:
+                log.warning("router timers failed, retrying", error=repr(exc))
+            await asyncio.sleep(self.settings.timer_tick_s)
+
+    async def expire_offers(self) -> None:
+        """An offer not accepted in time goes back to the queue, and on to another agent."""
+        for item in await self.repository.expired_offers(utcnow()):
+            agent_id = item["agent_id"]
+            changes: Document = {
+                "state": "queued",
+                "agent_id": None,
+                "timed_out_at": utcnow(),
+                "declined_by": [*item.get("declined_by", []), agent_id],
+            }
+            updated = await self.repository.transition(item["_id"], agent_id, "offered", changes)
+            if updated is None:  # accepted or declined meanwhile
+                continue
+            event = assignment_event(updated, AssignmentStatus.TIMED_OUT, agent_id)
+            await self.outbox.add([(self.topics.assignments, item["_id"], event)])
+            log.info("offer timed out", interaction_id=item["_id"], agent_id=agent_id)
+            await self.repository.release_agent(agent_id)
+            await self.drain()
+
+    async def escalate_overdue(self) -> None:
+        """Raise sla.breached once per item and move it up one priority."""
+        now = utcnow()
+        for item in await self.repository.overdue_items(now):
+            priority = max(1, int(item["priority"]) - 1)
+            breached = await self.repository.mark_breached(item["_id"], now, priority)
+            if breached is None:
+                continue
+            event = sla_breached_event(item, priority, now)
+            await self.outbox.add([(self.topics.escalations, item["_id"], event)])
+            log.info("sla breached", interaction_id=item["_id"], priority=priority)
 
     async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
         """One at a time, in order: each item's offer depends on the ones before it."""
@@ -198,7 +275,7 @@ class RouterService:
                 await self.accept_item(item)
 
     async def accept_item(self, enriched: EnrichedInteraction) -> None:
-        item = new_item(enriched, route(enriched))
+        item = new_item(enriched, route(enriched), self.settings.sla_s)
         if not await self.repository.insert_item(item):
             stored = await self.repository.find_item(item["_id"])
             if stored is None:
@@ -215,7 +292,9 @@ class RouterService:
         agent = await self.repository.reserve_agent(utcnow(), exclude=item.get("declined_by", []))
         if agent is None:
             return False
-        offered = await self.repository.offer_item(item["_id"], agent["_id"], utcnow())
+        now = utcnow()
+        expires = now + timedelta(seconds=self.settings.offer_timeout_s)
+        offered = await self.repository.offer_item(item["_id"], agent["_id"], now, expires)
         if offered is None:  # another replica got there first
             await self.repository.release_agent(agent["_id"])
             return True

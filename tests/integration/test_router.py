@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from shared.events import (
     Assignment,
     CloudEvent,
     EnrichedInteraction,
+    SlaBreach,
     utcnow,
 )
 from tests.support import (
@@ -78,16 +81,19 @@ class Router:
         return str(answer.json()["state"]) if answer.status_code == 200 else None
 
 
-@pytest.fixture
-async def router(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Router]:
-    settings = service_settings(
-        RouterSettings,
-        stack,
-        namespace,
-        run_dir,
-    )
+@asynccontextmanager
+async def running_router(
+    stack: EmbeddedStack, namespace: str, run_dir: Path, **overrides: Any
+) -> AsyncIterator[Router]:
+    settings = service_settings(RouterSettings, stack, namespace, run_dir, **overrides)
     async with client_of(create_app(settings)) as http:
         yield Router(http, settings)
+
+
+@pytest.fixture
+async def router(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIterator[Router]:
+    async with running_router(stack, namespace, run_dir) as running:
+        yield running
 
 
 def enriched(
@@ -237,3 +243,51 @@ async def test_only_the_agent_holding_an_item_may_act_on_it(router: Router) -> N
     assert too_early.status_code == 409
     assert anonymous.status_code == 401
     assert unknown.status_code == 404
+
+
+async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_router(
+        stack, namespace, run_dir, offer_timeout_s=1.0, timer_tick_s=0.2
+    ) as router:
+        first = await router.agent()
+        item = enriched()
+        await router.send(item)
+        await router.offers(1)
+        second = await router.agent()
+
+        events = await router.offers(3)
+        first_agent = (await router.http.get(f"/v1/agents/{first}", headers=admin_headers())).json()
+
+    assert [(e.status, e.agent_id) for e in events] == [
+        ("offered", first),
+        ("timed_out", first),
+        ("offered", second),
+    ]
+    assert first_agent["load"] == 0
+
+
+async def test_an_sla_breach_is_raised_once_also_across_a_restart(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    fast_sla = {"sla_s": (60.0, 60.0, 60.0, 1.0, 60.0), "timer_tick_s": 0.2}
+    item = enriched()  # the default rule: priority 4, and no agent to take it
+    async with running_router(stack, namespace, run_dir, **fast_sla) as router:
+        await router.send(item)
+        topic = router.settings.kafka.topics.escalations
+        await read_topic(router.settings.kafka, topic, SlaBreach, 1)
+    async with running_router(stack, namespace, run_dir, **fast_sla) as restarted:
+        await asyncio.sleep(1.5)  # time for a wrong second breach
+        breaches = await read_topic(restarted.settings.kafka, topic, SlaBreach, 1, settle_s=1.0)
+        escalated = await restarted.item_state(item.interaction.id)
+        stored = (
+            await restarted.http.get(f"/v1/items/{item.interaction.id}", headers=admin_headers())
+        ).json()
+
+    [(key, breach)] = breaches
+    assert key == item.interaction.id.encode()
+    assert (breach.data.priority_before, breach.data.priority_after) == (4, 3)
+    assert breach.data.waited_s >= 1.0
+    assert escalated == "queued"
+    assert stored["priority"] == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,24 @@ async def running_ingest(
         )
         assert created.status_code == 201
         yield Ingest(http, settings, created.json()["api_key"])
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
+    """A broker and store of this test's own, for tests that stop the broker."""
+    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
+    own.start()
+    yield own
+    own.stop()
+
+
+async def post_many(ingest: Ingest, prefix: str, count: int) -> list[httpx.Response]:
+    return [
+        await ingest.http.post(
+            "/v1/interactions", json=mention(f"{prefix}{n}"), headers=ingest.headers()
+        )
+        for n in range(count)
+    ]
 
 
 @pytest.fixture
@@ -259,12 +277,7 @@ async def test_over_rate_publisher_gets_429_with_retry_after(
     async with running_ingest(
         stack, namespace, run_dir, rate_limit_per_s=0.5, rate_limit_burst=2
     ) as ingest:
-        answers = [
-            await ingest.http.post(
-                "/v1/interactions", json=mention(f"r{n}"), headers=ingest.headers()
-            )
-            for n in range(3)
-        ]
+        answers = await post_many(ingest, "r", 3)
 
     assert [a.status_code for a in answers] == [202, 202, 429]
     assert int(answers[2].headers["retry-after"]) >= 1
@@ -282,24 +295,14 @@ async def test_body_over_the_limit_gets_413(
 
 
 async def test_interactions_accepted_while_the_broker_is_down_all_arrive(
-    tmp_path: Path, namespace: str
+    own_stack: EmbeddedStack, tmp_path: Path, namespace: str
 ) -> None:
-    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
-    own.start()
-    try:
-        async with running_ingest(own, namespace, tmp_path / "run") as ingest:
-            own.stop_broker()
-            answers = [
-                await ingest.http.post(
-                    "/v1/interactions", json=mention(f"o{n}"), headers=ingest.headers()
-                )
-                for n in range(200)
-            ]
-            own.start_broker()
-            topic = ingest.settings.kafka.topics.received
-            events = await read_topic(ingest.settings.kafka, topic, Interaction, 200, timeout_s=90)
-    finally:
-        own.stop()
+    async with running_ingest(own_stack, namespace, tmp_path / "run") as ingest:
+        own_stack.stop_broker()
+        answers = await post_many(ingest, "o", 200)
+        own_stack.start_broker()
+        topic = ingest.settings.kafka.topics.received
+        events = await read_topic(ingest.settings.kafka, topic, Interaction, 200, timeout_s=90)
 
     assert {a.status_code for a in answers} == {202}
     assert {event.id for _, event in events} == {a.json()["id"] for a in answers}
@@ -427,25 +430,15 @@ async def test_kafka_native_submissions_are_taken_in_or_rejected_with_reasons(
 
 
 async def test_a_restarted_ingest_publishes_what_it_stored_before(
-    tmp_path: Path, namespace: str
+    own_stack: EmbeddedStack, tmp_path: Path, namespace: str
 ) -> None:
-    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
-    own.start()
-    try:
-        async with running_ingest(own, namespace, tmp_path / "run") as before:
-            own.stop_broker()
-            answers = [
-                await before.http.post(
-                    "/v1/interactions", json=mention(f"s{n}"), headers=before.headers()
-                )
-                for n in range(5)
-            ]
-        own.start_broker()
-        async with running_ingest(own, namespace, tmp_path / "run") as after:
-            topic = after.settings.kafka.topics.received
-            events = await read_topic(after.settings.kafka, topic, Interaction, 5, timeout_s=60)
-    finally:
-        own.stop()
+    async with running_ingest(own_stack, namespace, tmp_path / "run") as before:
+        own_stack.stop_broker()
+        answers = await post_many(before, "s", 5)
+    own_stack.start_broker()
+    async with running_ingest(own_stack, namespace, tmp_path / "run") as after:
+        topic = after.settings.kafka.topics.received
+        events = await read_topic(after.settings.kafka, topic, Interaction, 5, timeout_s=60)
 
     assert {event.id for _, event in events} == {a.json()["id"] for a in answers}
 

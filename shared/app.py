@@ -57,7 +57,12 @@ class Runtime:
         if self.stream is None:
             self.stream = kafka.create_stream_app(self.name, self.settings)
         kafka.consume_batches(
-            self.stream, topic, handler, self.settings.kafka, f"{self.name}-{topic}"
+            self.stream,
+            topic,
+            handler,
+            self.settings.kafka,
+            self.metrics,
+            f"{self.name}-{topic}",
         )
 
     async def database_ready(self) -> str | None:

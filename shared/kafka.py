@@ -99,7 +99,12 @@ def is_assigned(app: faust.App) -> bool:
 
 
 def consume_batches(
-    app: faust.App, topic: str, handler: BatchHandler, settings: KafkaSettings, name: str
+    app: faust.App,
+    topic: str,
+    handler: BatchHandler,
+    settings: KafkaSettings,
+    metrics: ServiceMetrics,
+    name: str,
 ) -> None:
     """Run ``handler`` over batches from ``topic``, retrying a batch until it is stored."""
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
@@ -107,7 +112,8 @@ def consume_batches(
     async def agent(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             batch = [_raw_event(event) for event in events]
-            await _until_stored(handler, batch, name)
+            with metrics.handle_seconds.time():
+                await _until_stored(handler, batch, name)
 
     app.agent(source, name=name, concurrency=1)(agent)
 
@@ -143,6 +149,19 @@ async def _until_stored(handler: BatchHandler, batch: Sequence[RawEvent], name: 
             log.exception("batch failed, retrying", consumer=name, size=len(batch), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def decoded(
+    data_model: type[DataT],
+    handle_events: Callable[[list[CloudEvent[DataT]]], Awaitable[None]],
+    metrics: ServiceMetrics,
+) -> BatchHandler:
+    """A batch handler that decodes the records into events of ``data_model`` first."""
+
+    async def handle(batch: Sequence[RawEvent]) -> None:
+        await handle_events(decode_batch(batch, data_model, metrics))
+
+    return handle
 
 
 def decode_batch(

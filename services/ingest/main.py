@@ -19,9 +19,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         settings.kafka.topics,
         (settings.rate_limit_per_s, settings.rate_limit_burst),
     )
-    runtime.consume(
-        settings.kafka.topics.submitted, stream.submitted_handler(service, runtime.metrics)
-    )
+    runtime.consume(settings.kafka.topics.submitted, stream.submitted_handler(service))
     poller = FeedPoller(repository, service)
     app = service_app(
         runtime, [api.router], startup=[repository.ensure_indexes], background=[poller.run]

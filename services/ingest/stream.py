@@ -1,18 +1,12 @@
 """Ingest's consumer: interactions that Kafka-native publishers put on the submitted topic,
-validated and deduped exactly like the ones posted over HTTP."""
+validated and deduped exactly like the ones posted over HTTP. The records are taken raw:
+they are the publishers' JSON, not Switchboard's events."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from services.ingest.service import IngestService
-from shared.kafka import BatchHandler, RawEvent
-from shared.metrics import ServiceMetrics
+from shared.kafka import BatchHandler
 
 
-def submitted_handler(service: IngestService, metrics: ServiceMetrics) -> BatchHandler:
-    async def handle(batch: Sequence[RawEvent]) -> None:
-        with metrics.handle_seconds.time():
-            await service.accept_submissions(batch)
-
-    return handle
+def submitted_handler(service: IngestService) -> BatchHandler:
+    return service.accept_submissions

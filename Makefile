@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo test unit lint format bench lock clean
+.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ unit: $(STAMP) ## Unit tests only
 
 bench: $(STAMP) ## Benchmarks on the embedded stack, each beside its baseline
 	$(BIN)/python -m tests.bench.ingest_bench
+
+eval-sentiment: $(STAMP) ## Score the sentiment analyzer on held-out tweets (macro recall, speed)
+	$(BIN)/python -m services.enrich.eval_sentiment
+
+train-sentiment: $(STAMP) ## Re-train the default sentiment model from ../shared/data
+	$(BIN)/python -m services.enrich.train_sentiment
 
 lint: $(STAMP) ## ruff and mypy (strict)
 	$(BIN)/ruff check .

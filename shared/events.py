@@ -120,9 +120,14 @@ class CustomerRef(Model):
 
 
 class Sentiment(Model):
+    """How a post feels. ``scored`` is False when the analyzer does not know the post's
+    language: the neutral label is then a placeholder, not a judgement."""
+
     label: SentimentLabel
-    score: float = Field(ge=-1.0, le=1.0)
+    score: float = Field(ge=-1.0, le=1.0)  # negative .. positive
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0)  # the analyzer's belief in label
     analyzer: str
+    scored: bool = True
 
 
 class EnrichedInteraction(Model):
@@ -132,7 +137,7 @@ class EnrichedInteraction(Model):
     language: str | None = None
     intents: tuple[str, ...] = ()
     urgency: Urgency = "normal"
-    influence: float = Field(default=0.0, ge=0.0, le=10.0)
+    influence: float = Field(default=0.0, ge=0.0, le=100.0)
 
 
 class AssignmentStatus(StrEnum):

@@ -1,35 +1,163 @@
-"""Enrich's HTTP API: customer profiles (admin token)."""
+"""Enrich's HTTP API: customer profiles, identities, merges, erasure and CRM imports."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
+from services.enrich.customers import (
+    CustomerFields,
+    CustomerIn,
+    IdentityIn,
+    csv_rows,
+    json_rows,
+    lines_of,
+)
 from services.enrich.repository import IdentityTaken
-from services.enrich.service import CustomerIn, EnrichService
+from services.enrich.service import CrmIdTaken, EnrichService, UnknownTier
+from shared.events import Channel
 from shared.http import AdminOnly, app_service, public
 
 router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
 
-
 Service = Annotated[EnrichService, Depends(app_service)]
+Document = dict[str, Any]
 
 
-@router.post("/customers", status_code=status.HTTP_201_CREATED)
-async def create_customer(payload: CustomerIn, service: Service) -> dict[str, Any]:
-    try:
-        customer = await service.create_customer(payload)
-    except IdentityTaken as exc:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, "an identity already belongs to another customer"
-        ) from exc
-    return public(customer)
+class MergeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    merge_id: str = Field(min_length=1, max_length=64, description="The profile merged away")
 
 
-@router.get("/customers/{customer_id}")
-async def get_customer(customer_id: str, service: Service) -> dict[str, Any]:
-    customer = await service.get_customer(customer_id)
+def field_problem(field: str, reason: str, code: int = 422) -> HTTPException:
+    return HTTPException(code, [{"field": field, "reason": reason}])
+
+
+def taken(error: IdentityTaken) -> HTTPException:
+    return field_problem(
+        "identities", f"{', '.join(error.identities)} belong to another customer", 409
+    )
+
+
+def found(customer: Document | None) -> Document:
     if customer is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
     return public(customer)
+
+
+@router.post("/customers", status_code=status.HTTP_201_CREATED)
+async def create_customer(payload: CustomerIn, service: Service) -> Document:
+    try:
+        return public(await service.create_customer(payload))
+    except UnknownTier as error:
+        raise field_problem("tier", str(error)) from error
+    except IdentityTaken as error:
+        raise taken(error) from error
+    except CrmIdTaken as error:
+        raise field_problem("crm_id", "another customer has this CRM id", 409) from error
+
+
+@router.get("/customers")
+async def search_customers(
+    service: Service,
+    handle: Annotated[str | None, Query(max_length=256)] = None,
+    channel: Channel | None = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    name: Annotated[str | None, Query(max_length=256)] = None,
+    tier: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> dict[str, list[Document]]:
+    """Profiles matching every filter given: handle (any form, on one channel or all),
+    email, part of the name (case-insensitive), tier."""
+    customers = await service.search_customers(
+        handle=handle,
+        channel=channel,
+        email=email,
+        name=name,
+        tier=tier,
+        limit=limit,
+        offset=offset,
+    )
+    return {"customers": [public(c) for c in customers]}
+
+
+@router.post("/customers:import")
+async def import_customers(request: Request, service: Service) -> Document:
+    """CRM rows as JSON lines (``application/x-ndjson``) or CSV (``text/csv``, list cells
+    separated by ``;``, identities as ``channel:handle``), upserted by ``crm_id``. The body
+    is read as a stream, so its size is bounded only by ``max_import_bytes``."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type in ("application/x-ndjson", "application/jsonl", "application/json-seq"):
+        parse = json_rows
+    elif media_type in ("text/csv", "application/csv"):
+        parse = csv_rows
+    else:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            [{"field": "content-type", "reason": "send application/x-ndjson or text/csv"}],
+        )
+    limit = request.app.state.max_import_bytes
+    report = await service.import_customers(parse(lines_of(bounded(request, limit))))
+    return asdict(report)
+
+
+async def bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                [{"field": "body", "reason": f"an import is at most {limit} bytes"}],
+            )
+        yield chunk
+
+
+@router.get("/customers/{customer_id}")
+async def get_customer(customer_id: str, service: Service) -> Document:
+    """The profile; a merged-away id answers with the profile it was merged into."""
+    return found(await service.get_customer(customer_id))
+
+
+@router.patch("/customers/{customer_id}")
+async def update_customer(customer_id: str, patch: CustomerFields, service: Service) -> Document:
+    try:
+        return found(await service.update_customer(customer_id, patch))
+    except UnknownTier as error:
+        raise field_problem("tier", str(error)) from error
+    except CrmIdTaken as error:
+        raise field_problem("crm_id", "another customer has this CRM id", 409) from error
+
+
+@router.delete("/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def erase_customer(customer_id: str, service: Service) -> Response:
+    """Erasure: the profile, its identities and aliases go; later posts are from a stranger."""
+    if not await service.erase_customer(customer_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/customers/{customer_id}:merge")
+async def merge_customers(customer_id: str, payload: MergeIn, service: Service) -> Document:
+    """Move ``merge_id``'s identities and history here; its id resolves here from now on."""
+    return found(await service.merge(customer_id, payload.merge_id))
+
+
+@router.post("/customers/{customer_id}/identities", status_code=status.HTTP_201_CREATED)
+async def link_identity(customer_id: str, identity: IdentityIn, service: Service) -> Document:
+    try:
+        return found(await service.link_identity(customer_id, identity))
+    except IdentityTaken as error:
+        raise taken(error) from error
+
+
+@router.delete("/customers/{customer_id}/identities/{identity}")
+async def unlink_identity(customer_id: str, identity: str, service: Service) -> Document:
+    """``identity`` in its normalised form, e.g. ``twitter:ada_l``."""
+    return found(await service.unlink_identity(customer_id, identity))

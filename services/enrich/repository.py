@@ -1,51 +1,91 @@
-"""Enrich's collections: customers, and identities (``channel:handle`` -> customer id).
+"""Enrich's collections: customers, and lookups keyed by what they look up: identities
+(``channel:handle`` -> customer id), crm_ids, emails (address -> its first customer) and
+aliases (merged-away id -> survivor).
 
-Identities live in their own collection keyed by the normalised identity, so that
-one identity belongs to one customer by construction (the primary key).
+Keyed collections rather than secondary indexes on the profile: a key is unique by
+construction, and the embedded store answers ``_id`` lookups in constant time while its
+secondary indexes scan for ``$in`` and miss equality matches on array fields.
+
+Identities live in their own collection keyed by the normalised identity, so that one
+identity belongs to one customer by construction (the primary key). A merged-away
+profile leaves an alias (old id -> survivor) so that its id keeps resolving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+from collections.abc import Sequence
+from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from services.enrich.customers import PROSPECT
 from shared.mongo import Document, only_duplicates
 
 
 class IdentityTaken(Exception):
     """An identity already belongs to another customer."""
 
+    def __init__(self, identities: Sequence[str]) -> None:
+        super().__init__(", ".join(identities))
+        self.identities = list(identities)
+
 
 class EnrichRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.customers = db["customers"]
         self.identities = db["identities"]
+        self.aliases = db["aliases"]
+        self.emails = db["emails"]
+        self.crm_ids = db["crm_ids"]
 
     async def ensure_indexes(self) -> None:
         await self.identities.create_index("customer_id")
+        await self.aliases.create_index("customer_id")
+        await self.emails.create_index("customer_id")
+        await self.crm_ids.create_index("customer_id")
+        await self.customers.create_index("tier")
 
-    async def insert_customer(self, customer: Document, identities: list[str]) -> None:
-        """Store a customer with its identities; none is stored if one is taken."""
-        await self.customers.insert_one(customer)
-        if not identities:
+    # -- identities ---------------------------------------------------------------
+
+    async def claim_identities(self, customer_id: str, identities: Sequence[str]) -> None:
+        """Give the identities to the customer. If one belongs to someone else, none of
+        those new to the customer is kept, and IdentityTaken names the others'."""
+        owners = await self.owners_of(identities)
+        taken = [i for i in identities if owners.get(i, customer_id) != customer_id]
+        new = [i for i in identities if i not in owners]
+        if taken or not new:
+            if taken:
+                raise IdentityTaken(taken)
             return
         try:
             await self.identities.insert_many(
-                [{"_id": identity, "customer_id": customer["_id"]} for identity in identities],
+                [{"_id": identity, "customer_id": customer_id} for identity in new],
                 ordered=False,
             )
-        except BulkWriteError as error:
-            await self.identities.delete_many({"customer_id": customer["_id"]})
-            await self.customers.delete_one({"_id": customer["_id"]})
-            if only_duplicates(error):
-                raise IdentityTaken from error
-            raise
+        except BulkWriteError as error:  # claimed by someone else since we looked
+            if not only_duplicates(error):
+                raise
+            owners = await self.owners_of(new)
+            taken = [i for i in new if owners.get(i, customer_id) != customer_id]
+            if taken:
+                await self.release_identities(customer_id, new)
+                raise IdentityTaken(taken) from error
 
-    async def find_customer(self, customer_id: str) -> Document | None:
-        return await self.customers.find_one({"_id": customer_id})
+    async def release_identities(self, customer_id: str, identities: Sequence[str]) -> None:
+        """Unlink identities from the customer (those another customer owns are untouched)."""
+        await self.identities.delete_many(
+            {"_id": {"$in": list(identities)}, "customer_id": customer_id}
+        )
+
+    async def owners_of(self, identities: Sequence[str]) -> dict[str, str]:
+        if not identities:  # an empty $in makes the embedded store scan the collection
+            return {}
+        cursor = self.identities.find({"_id": {"$in": list(identities)}})
+        return {doc["_id"]: str(doc["customer_id"]) async for doc in cursor}
 
     async def customer_id_for(self, identity: str) -> str | None:
         doc = await self.identities.find_one({"_id": identity})
@@ -62,6 +102,116 @@ class EnrichRepository:
             return owner
         return customer_id
 
+    # -- customers ----------------------------------------------------------------
+
+    async def find_customer(self, customer_id: str) -> Document | None:
+        """The customer, following the alias a merge left behind."""
+        customer = await self.customers.find_one({"_id": customer_id})
+        if customer is None:
+            alias = await self.aliases.find_one({"_id": customer_id})
+            if alias is not None:
+                customer = await self.customers.find_one({"_id": alias["customer_id"]})
+        return customer
+
+    async def find_by_email(self, email: str) -> Document | None:
+        entry = await self.emails.find_one({"_id": email.strip().lower()})
+        return await self.find_customer(entry["customer_id"]) if entry else None
+
+    async def index_emails(self, owners: Sequence[tuple[str, str]]) -> None:
+        """Remember (email, customer id) pairs; an address keeps its first customer."""
+        if not owners:
+            return
+        try:
+            await self.emails.insert_many(
+                [{"_id": email, "customer_id": owner} for email, owner in owners], ordered=False
+            )
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
+
+    async def reindex_emails(self, owners: Sequence[tuple[str, str]], customers: list[str]) -> None:
+        """Replace the customers' remembered emails with ``owners``."""
+        if customers:
+            await self.emails.delete_many({"customer_id": {"$in": customers}})
+        await self.index_emails(owners)
+
+    async def find_by_crm_ids(self, crm_ids: Sequence[str]) -> dict[str, Document]:
+        keyed = self.crm_ids.find({"_id": {"$in": list(crm_ids)}})
+        owners = {doc["customer_id"]: doc["_id"] async for doc in keyed}
+        if not owners:
+            return {}
+        cursor = self.customers.find({"_id": {"$in": list(owners)}})
+        return {owners[doc["_id"]]: doc async for doc in cursor}
+
+    async def claim_crm_ids(self, owners: Sequence[tuple[str, str]]) -> set[str]:
+        """Give each CRM id to its customer; the CRM ids another customer holds."""
+        if not owners:
+            return set()
+        try:
+            await self.crm_ids.insert_many(
+                [{"_id": crm_id, "customer_id": owner} for crm_id, owner in owners],
+                ordered=False,
+            )
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
+            held = self.crm_ids.find({"_id": {"$in": [crm_id for crm_id, _ in owners]}})
+            holders = {doc["_id"]: doc["customer_id"] async for doc in held}
+            return {crm_id for crm_id, owner in owners if holders.get(crm_id) != owner}
+        return set()
+
+    async def release_crm_ids(self, customer_id: str, keep: str | None) -> None:
+        await self.crm_ids.delete_many({"customer_id": customer_id, "_id": {"$ne": keep}})
+
+    async def prospects_among(self, customer_ids: Sequence[str]) -> set[str]:
+        if not customer_ids:
+            return set()
+        cursor = self.customers.find({"_id": {"$in": list(customer_ids)}, "tier": PROSPECT})
+        return {doc["_id"] async for doc in cursor}
+
+    async def search(self, query: Document, limit: int, skip: int) -> list[Document]:
+        cursor = self.customers.find(query).sort("_id", 1).skip(skip).limit(limit)
+        return [doc async for doc in cursor]
+
+    @staticmethod
+    def name_query(name: str) -> Document:
+        return {"name": {"$regex": re.escape(name), "$options": "i"}}
+
+    async def update_customer(self, customer_id: str, update: Document) -> Document | None:
+        return await self.customers.find_one_and_update(
+            {"_id": customer_id}, update, return_document=ReturnDocument.AFTER
+        )
+
+    async def insert_many(self, customers: Sequence[Document]) -> None:
+        if customers:
+            await self.customers.insert_many(customers, ordered=False)
+
+    async def link_many(self, links: dict[str, str]) -> set[str]:
+        """Link identities to customers in one write; those someone else holds by now."""
+        if not links:
+            return set()
+        try:
+            await self.identities.insert_many(
+                [{"_id": identity, "customer_id": owner} for identity, owner in links.items()],
+                ordered=False,
+            )
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
+            owners = await self.owners_of(list(links))
+            return {i for i, owner in links.items() if owners.get(i) != owner}
+        return set()
+
+    async def update_many(self, updates: Sequence[tuple[str, Document]]) -> None:
+        if updates:
+            await self.customers.bulk_write(
+                [UpdateOne({"_id": customer_id}, update) for customer_id, update in updates],
+                ordered=False,
+            )
+
+    async def count_post(self, customer_id: str) -> None:
+        await self.customers.update_one({"_id": customer_id}, {"$inc": {"posts": 1}})
+
     async def upsert_prospect(self, prospect: Document, followers: int) -> Document | None:
         """Store a prospect once, keeping its follower count current; returns it.
 
@@ -75,3 +225,33 @@ class EnrichRepository:
             {"$set": {"followers": followers}},
             return_document=ReturnDocument.AFTER,
         )
+
+    async def merge(self, survivor: Document, other: Document, merged: Document) -> None:
+        """Move the other's identities and aliases to the survivor, then drop the other.
+
+        Ordered so that a retry after a crash finishes the job: the alias first (so the
+        old id resolves at every step), the profile's removal last.
+        """
+        await self.aliases.replace_one(
+            {"_id": other["_id"]}, {"_id": other["_id"], "customer_id": survivor["_id"]}, True
+        )
+        await self.aliases.update_many(
+            {"customer_id": other["_id"]}, {"$set": {"customer_id": survivor["_id"]}}
+        )
+        for keyed in (self.identities, self.emails, self.crm_ids):
+            await keyed.update_many(
+                {"customer_id": other["_id"]}, {"$set": {"customer_id": survivor["_id"]}}
+            )
+        await self.customers.replace_one({"_id": survivor["_id"]}, merged)
+        await self.customers.delete_one({"_id": other["_id"]})
+
+    async def erase(self, customer_id: str) -> bool:
+        """Remove the profile, its identities, emails and aliases; True if it existed."""
+        for keyed in (self.identities, self.emails, self.crm_ids, self.aliases):
+            await keyed.delete_many({"customer_id": customer_id})
+        deleted = await self.customers.delete_one({"_id": customer_id})
+        return deleted.deleted_count > 0
+
+
+def without_id(doc: Document) -> dict[str, Any]:
+    return {key: value for key, value in doc.items() if key != "_id"}

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import math
-import re
+import time
 import uuid
-from collections.abc import Sequence
-from enum import StrEnum
-from typing import Annotated, Protocol
-from urllib.parse import urlparse
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
 
-from pydantic import BaseModel, ConfigDict, Field
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+from prometheus_client import Counter, Histogram
 
-from services.enrich.repository import EnrichRepository
+from services.enrich.customers import (
+    PROSPECT,
+    CustomerFields,
+    CustomerIn,
+    IdentityIn,
+    ImportRow,
+    ParsedRow,
+    RowProblem,
+)
+from services.enrich.repository import EnrichRepository, IdentityTaken
+from services.enrich.sentiment import LanguageDetector, SentimentAnalyzer, unscored
+from services.enrich.signals import IntentRules, influence, urgency
 from shared.events import (
     INTERACTION_ENRICHED,
     Channel,
@@ -22,10 +30,10 @@ from shared.events import (
     EnrichedInteraction,
     Interaction,
     Sentiment,
-    Urgency,
     derived_event_id,
     utcnow,
 )
+from shared.identity import normalise_identity
 from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
@@ -33,104 +41,60 @@ from shared.topics import Topics
 
 SOURCE = "/switchboard/enrich"
 log = get_logger(__name__)
-PROSPECT = "prospect"
+MAX_REPORTED_PROBLEMS = 1_000
 
 
-class Tier(StrEnum):
-    PLATINUM = "platinum"
-    GOLD = "gold"
-    SILVER = "silver"
-    STANDARD = "standard"
-    PROSPECT = PROSPECT
+class UnknownTier(ValueError):
+    def __init__(self, tier: str, tiers: Sequence[str]) -> None:
+        super().__init__(f"unknown tier {tier!r}; one of {', '.join(tiers)}")
 
 
-# One identity namespace per network: a handle on x is the same person on twitter.
-_CHANNEL_ALIASES = {Channel.X: Channel.TWITTER}
-_PROFILE_HOSTS = ("twitter.com", "x.com", "instagram.com", "facebook.com", "linkedin.com")
+class CrmIdTaken(Exception):
+    """Another profile already has this CRM id."""
 
 
-def normalise_identity(channel: Channel, handle: str) -> str:
-    """``channel:handle`` in one canonical form: lower case, no leading @, no profile URL."""
-    canonical = _CHANNEL_ALIASES.get(channel, channel)
-    text = handle.strip()
-    parsed = urlparse(text)
-    if parsed.scheme in ("http", "https") and parsed.hostname:
-        host = parsed.hostname.removeprefix("www.").removeprefix("mobile.")
-        if host in _PROFILE_HOSTS:  # the profile is the first path segment, e.g. /ada/status/1
-            text = parsed.path.strip("/").split("/")[0] or text
-    return f"{canonical.value}:{text.lstrip('@').lower()}"
+@dataclass(frozen=True)
+class EnrichMetrics:
+    seconds: Histogram
+    sentiment: Counter
+    tiers: Counter
+    resolutions: Counter
 
 
-Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)]
+@cache
+def enrich_metrics() -> EnrichMetrics:
+    return EnrichMetrics(
+        seconds=Histogram("switchboard_enrich_seconds", "Time to enrich one interaction"),
+        sentiment=Counter(
+            "switchboard_enrich_sentiment",
+            "Enriched interactions by sentiment label (scored false: language not covered)",
+            ["label", "scored"],
+        ),
+        tiers=Counter("switchboard_enrich_tiers", "Enriched interactions by tier", ["tier"]),
+        resolutions=Counter(
+            "switchboard_enrich_resolutions",
+            "How authors were resolved: identity, email, prospect (known), unknown (new)",
+            ["how"],
+        ),
+    )
 
 
-class IdentityIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class ImportReport:
+    imported: int = 0
+    updated: int = 0
+    rejected: int = 0
+    problems: list[RowProblem] = field(default_factory=list)  # the first 1,000
 
-    channel: Channel
-    handle: str = Field(min_length=1, max_length=256)
-
-
-class CustomerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=256)
-    tier: Tier = Tier.STANDARD
-    value: float = Field(default=0.0, ge=0)
-    crm_id: str | None = Field(default=None, max_length=128)
-    emails: list[Email] = Field(default_factory=list, max_length=16)
-    identities: list[IdentityIn] = Field(default_factory=list, max_length=64)
+    def reject(self, problem: RowProblem) -> None:
+        self.rejected += 1
+        if len(self.problems) < MAX_REPORTED_PROBLEMS:
+            self.problems.append(problem)
 
 
-class SentimentAnalyzer(Protocol):
-    name: str
-
-    def analyze(self, text: str) -> Sentiment: ...
-
-
-class VaderAnalyzer:
-    """VADER's lexicon and rules: fast, English only, tuned for social media."""
-
-    name = "vader"
-
-    def __init__(self) -> None:
-        self._vader = SentimentIntensityAnalyzer()
-
-    def analyze(self, text: str) -> Sentiment:
-        compound = float(self._vader.polarity_scores(text)["compound"])
-        label = "positive" if compound >= 0.05 else "negative" if compound <= -0.05 else "neutral"
-        return Sentiment(label=label, score=compound, analyzer=self.name)
-
-
-INTENT_PATTERNS: dict[str, re.Pattern[str]] = {
-    "cancellation_threat": re.compile(
-        r"\b(cancel\w*|unsubscrib\w*|switch(ing)? to|clos(e|ing) my account|leaving)\b", re.I
-    ),
-    "complaint": re.compile(
-        r"\b(broken|late|never arrived|worst|refund|terrible|awful|still waiting|not working)\b",
-        re.I,
-    ),
-    "question": re.compile(r"\?|\b(how do i|how can i|can you|is there)\b", re.I),
-    "praise": re.compile(r"\b(thank(s| you)|love|great|awesome|amazing)\b", re.I),
-}
-
-
-def detect_intents(text: str) -> tuple[str, ...]:
-    return tuple(name for name, pattern in INTENT_PATTERNS.items() if pattern.search(text))
-
-
-def influence(followers: int, verified: bool) -> float:
-    """0-10 from reach: two points per order of magnitude of followers, one for verification."""
-    score = 2.0 * math.log10(followers + 1) + (1.0 if verified else 0.0)
-    return round(min(score, 10.0), 2)
-
-
-def urgency(sentiment: Sentiment, intents: Sequence[str], reach: float) -> Urgency:
-    if "cancellation_threat" in intents or (sentiment.label == "negative" and reach >= 7):
-        return "high"
-    if sentiment.label == "positive" and "question" not in intents:
-        return "low"
-    return "normal"
+def now_iso() -> str:
+    """Profile timestamps are only shown, never compared: ISO text reads well anywhere."""
+    return utcnow().isoformat()
 
 
 def customer_ref(doc: Document) -> CustomerRef:
@@ -142,6 +106,20 @@ def customer_ref(doc: Document) -> CustomerRef:
     )
 
 
+def merged_profile(survivor: Document, other: Document) -> Document:
+    """The survivor's fields, the union of both lists, and the sum of their history."""
+    merged = dict(survivor)
+    for key in ("emails", "tags", "identities"):
+        merged[key] = sorted({*survivor.get(key, []), *other.get(key, [])})
+    merged["value"] = max(float(survivor.get("value", 0)), float(other.get("value", 0)))
+    merged["posts"] = int(survivor.get("posts", 0)) + int(other.get("posts", 0))
+    merged["followers"] = max(int(survivor.get("followers", 0)), int(other.get("followers", 0)))
+    if survivor.get("tier") == PROSPECT:  # the CRM's profile knows better
+        merged["tier"] = other.get("tier", PROSPECT)
+    merged["updated_at"] = now_iso()
+    return merged
+
+
 class EnrichService:
     def __init__(
         self,
@@ -149,33 +127,300 @@ class EnrichService:
         outbox: Outbox,
         topics: Topics,
         analyzer: SentimentAnalyzer,
+        *,
+        detector: LanguageDetector | None = None,
+        intents: IntentRules | None = None,
+        tiers: Sequence[str] = (),
+        import_batch: int = 500,
     ) -> None:
         self.repository = repository
         self.outbox = outbox
         self.topics = topics
         self.analyzer = analyzer
+        self.detector = detector or LanguageDetector()
+        self.intents = intents or IntentRules()
+        self.tiers = tuple(tiers) or ("platinum", "gold", "silver", "standard", PROSPECT)
+        self.import_batch = import_batch
+        self.metrics = enrich_metrics()
+
+    # -- profiles -----------------------------------------------------------------
+
+    def check_tier(self, tier: str | None) -> None:
+        if tier is not None and tier not in self.tiers:
+            raise UnknownTier(tier, self.tiers)
 
     async def create_customer(self, payload: CustomerIn) -> Document:
-        """Raises IdentityTaken when one of its identities belongs to someone else."""
-        identities = sorted({normalise_identity(i.channel, i.handle) for i in payload.identities})
+        """Raises IdentityTaken when an identity belongs to another known customer, and
+        CrmIdTaken for a CRM id in use. A prospect holding an identity is absorbed."""
+        self.check_tier(payload.tier)
         customer = {
             "_id": str(uuid.uuid4()),
-            **payload.model_dump(mode="json", exclude={"identities"}),
-            "identities": identities,
-            "created_at": utcnow(),
+            **payload.model_dump(mode="json", exclude={"identities"}, exclude_none=True),
+            "identities": payload.normalised_identities,
+            "created_at": now_iso(),
         }
-        await self.repository.insert_customer(customer, identities)
-        return customer
+        prospects = await self.prospects_holding(customer["_id"], customer["identities"])
+        if payload.crm_id and await self.repository.claim_crm_ids(
+            [(payload.crm_id, customer["_id"])]
+        ):
+            raise CrmIdTaken
+        await self.repository.customers.insert_one(customer)
+        try:
+            await self.absorb(customer, prospects)
+            await self.repository.claim_identities(customer["_id"], customer["identities"])
+        except IdentityTaken:
+            await self.repository.erase(customer["_id"])
+            raise
+        await self.repository.index_emails([(e, customer["_id"]) for e in payload.emails])
+        return await self.repository.find_customer(customer["_id"]) or customer
+
+    async def prospects_holding(self, customer_id: str, identities: Sequence[str]) -> list[str]:
+        """The prospects that hold some of the identities; IdentityTaken if a known
+        customer other than ``customer_id`` holds one."""
+        owners = await self.repository.owners_of(identities)
+        others = {owner for owner in owners.values() if owner != customer_id}
+        if not others:
+            return []
+        prospects = await self.repository.prospects_among(sorted(others))
+        taken = [i for i, owner in owners.items() if owner in others and owner not in prospects]
+        if taken:
+            raise IdentityTaken(taken)
+        return sorted(prospects)
+
+    async def absorb(self, customer: Document, prospects: Sequence[str]) -> None:
+        """Merge prospects seen before the CRM knew them into the customer."""
+        for prospect_id in prospects:
+            prospect = await self.repository.customers.find_one({"_id": prospect_id})
+            if prospect is not None:
+                await self.merge_profiles(customer["_id"], prospect)
 
     async def get_customer(self, customer_id: str) -> Document | None:
         return await self.repository.find_customer(customer_id)
+
+    async def update_customer(self, customer_id: str, patch: CustomerFields) -> Document | None:
+        self.check_tier(patch.tier)
+        fields = patch.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        customer = await self.repository.find_customer(customer_id)
+        if customer is None:
+            return None
+        if patch.crm_id:
+            if await self.repository.claim_crm_ids([(patch.crm_id, customer["_id"])]):
+                raise CrmIdTaken
+            await self.repository.release_crm_ids(customer["_id"], keep=patch.crm_id)
+        updated = await self.repository.update_customer(
+            customer["_id"], {"$set": {**fields, "updated_at": now_iso()}}
+        )
+        if patch.emails is not None:
+            owners = [(email, customer["_id"]) for email in patch.emails]
+            await self.repository.reindex_emails(owners, [customer["_id"]])
+        return updated
+
+    async def search_customers(
+        self,
+        *,
+        handle: str | None = None,
+        channel: Channel | None = None,
+        email: str | None = None,
+        name: str | None = None,
+        tier: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Document]:
+        query: Document = {}
+        if handle:
+            channels = [channel] if channel else list(Channel)
+            query["identities"] = {"$in": sorted({normalise_identity(c, handle) for c in channels})}
+        if email:
+            query["emails"] = email.strip().lower()
+        if name:
+            query.update(self.repository.name_query(name))
+        if tier:
+            query["tier"] = tier
+        return await self.repository.search(query, limit, offset)
+
+    async def link_identity(self, customer_id: str, identity: IdentityIn) -> Document | None:
+        customer = await self.repository.find_customer(customer_id)
+        if customer is None:
+            return None
+        normalised = identity.normalised
+        await self.absorb(customer, await self.prospects_holding(customer["_id"], [normalised]))
+        await self.repository.claim_identities(customer["_id"], [normalised])
+        return await self.repository.update_customer(
+            customer["_id"], {"$addToSet": {"identities": normalised}}
+        )
+
+    async def unlink_identity(self, customer_id: str, identity: str) -> Document | None:
+        customer = await self.repository.find_customer(customer_id)
+        if customer is None:
+            return None
+        await self.repository.release_identities(customer["_id"], [identity])
+        return await self.repository.update_customer(
+            customer["_id"], {"$pull": {"identities": identity}}
+        )
+
+    async def merge(self, survivor_id: str, other_id: str) -> Document | None:
+        """Merge ``other_id`` into ``survivor_id``; None if either is unknown."""
+        survivor = await self.repository.find_customer(survivor_id)
+        other = await self.repository.find_customer(other_id)
+        if survivor is None or other is None:
+            return None
+        if survivor["_id"] != other["_id"]:
+            await self.merge_profiles(survivor["_id"], other)
+        return await self.repository.find_customer(survivor["_id"])
+
+    async def merge_profiles(self, survivor_id: str, other: Document) -> None:
+        survivor = await self.repository.customers.find_one({"_id": survivor_id})
+        if survivor is not None:
+            await self.repository.merge(survivor, other, merged_profile(survivor, other))
+
+    async def erase_customer(self, customer_id: str) -> bool:
+        customer = await self.repository.find_customer(customer_id)
+        if customer is None:
+            return False
+        log.info("customer erased", customer_id=customer["_id"])
+        return await self.repository.erase(customer["_id"])
+
+    # -- CRM import ---------------------------------------------------------------
+
+    async def import_customers(self, rows: AsyncIterable[ParsedRow]) -> ImportReport:
+        """Upsert rows by CRM id in batches, so memory stays bounded whatever the size."""
+        report = ImportReport()
+        batch: dict[str, tuple[int, ImportRow]] = {}
+        async for line, row in rows:
+            if isinstance(row, RowProblem):
+                report.reject(row)
+            elif row.tier not in self.tiers:
+                report.reject(RowProblem(line, f"tier: {UnknownTier(row.tier, self.tiers)}"))
+            else:
+                if row.crm_id in batch or len(batch) >= self.import_batch:
+                    await self.import_batch_of(list(batch.values()), report)
+                    batch = {}
+                batch[row.crm_id] = (line, row)
+        await self.import_batch_of(list(batch.values()), report)
+        return report
+
+    async def import_batch_of(
+        self, rows: list[tuple[int, ImportRow]], report: ImportReport
+    ) -> None:
+        if not rows:
+            return
+        existing = await self.repository.find_by_crm_ids([row.crm_id for _, row in rows])
+        held = await self.repository.owners_of(
+            [i for _, row in rows for i in row.normalised_identities]
+        )
+        claimable = await self.claimable_rows(rows, existing, held, report)
+        new = [self.imported_profile(row) for _, row in claimable if row.crm_id not in existing]
+        updates = [
+            (existing[row.crm_id]["_id"], imported_update(row))
+            for _, row in claimable
+            if row.crm_id in existing
+        ]
+        failed = await self.repository.claim_crm_ids([(doc["crm_id"], doc["_id"]) for doc in new])
+        for line, row in claimable:  # another import inserted the same CRM id meanwhile
+            if row.crm_id in failed:
+                report.reject(RowProblem(line, "crm_id: imported concurrently, try again"))
+        new = [doc for doc in new if doc["crm_id"] not in failed]
+        claimable = [(line, row) for line, row in claimable if row.crm_id not in failed]
+        await self.repository.insert_many(new)
+        await self.repository.update_many(updates)
+        await self.repository.reindex_emails(
+            [(e, doc["_id"]) for doc in new for e in doc.get("emails", [])]
+            + [
+                (e, existing[row.crm_id]["_id"])
+                for _, row in claimable
+                if row.crm_id in existing
+                for e in row.emails
+            ],
+            [
+                existing[row.crm_id]["_id"]
+                for _, row in claimable
+                if row.crm_id in existing and "emails" in row.model_fields_set
+            ],
+        )
+        report.imported += len(new)
+        report.updated += len(updates)
+        owners = {doc["crm_id"]: doc["_id"] for doc in new} | {
+            crm_id: doc["_id"] for crm_id, doc in existing.items()
+        }
+        await self.claim_imported(claimable, owners, held, report)
+
+    async def claimable_rows(
+        self,
+        rows: list[tuple[int, ImportRow]],
+        existing: dict[str, Document],
+        owners: dict[str, str],
+        report: ImportReport,
+    ) -> list[tuple[int, ImportRow]]:
+        """Rows whose identities are free, prospects', or already theirs (first row wins)."""
+        prospects = await self.repository.prospects_among(sorted(set(owners.values())))
+        claimed_here: set[str] = set()
+        accepted = []
+        for line, row in rows:
+            own_id = existing[row.crm_id]["_id"] if row.crm_id in existing else None
+            conflicts = [
+                identity
+                for identity in row.normalised_identities
+                if identity in claimed_here
+                or owners.get(identity, own_id) not in (own_id, *prospects)
+            ]
+            if conflicts:
+                report.reject(
+                    RowProblem(
+                        line, f"identities: {', '.join(conflicts)} belong to another customer"
+                    )
+                )
+                continue
+            claimed_here.update(row.normalised_identities)
+            accepted.append((line, row))
+        return accepted
+
+    def imported_profile(self, row: ImportRow) -> Document:
+        return {
+            "_id": str(uuid.uuid4()),
+            **row.model_dump(mode="json", exclude={"identities"}, exclude_none=True),
+            "identities": row.normalised_identities,
+            "created_at": now_iso(),
+        }
+
+    async def claim_imported(
+        self,
+        rows: list[tuple[int, ImportRow]],
+        owners: dict[str, str],
+        held: dict[str, str],
+        report: ImportReport,
+    ) -> None:
+        """Link the rows' identities in one write, absorbing prospects that held some."""
+        links: dict[str, str] = {}
+        for _, row in rows:
+            customer_id = owners[row.crm_id]
+            prospects = {held[i] for i in row.normalised_identities if i in held} - {customer_id}
+            await self.absorb({"_id": customer_id}, sorted(prospects))
+            links.update({i: customer_id for i in row.normalised_identities if i not in held})
+        lost = await self.repository.link_many(links)
+        for line, row in rows:  # claimed by the stream between our look and our write
+            missing = [i for i in row.normalised_identities if i in lost]
+            if missing:
+                await self.repository.update_customer(
+                    owners[row.crm_id], {"$pull": {"identities": {"$in": missing}}}
+                )
+                report.problems.append(
+                    RowProblem(
+                        line,
+                        f"identities: {', '.join(missing)} were claimed by another customer "
+                        "during the import; the profile was stored without them",
+                    )
+                )
+
+    # -- the stream ---------------------------------------------------------------
 
     async def enrich_batch(self, received: Sequence[CloudEvent[Interaction]]) -> None:
         """Enrich each interaction and store the enriched events for publishing."""
         entries = []
         for event in received:
             with handling(event.id, event.data.id):
+                started = time.perf_counter()
                 enriched = await self.enrich(event.data)
+                self.metrics.seconds.observe(time.perf_counter() - started)
                 log.info(
                     "enriched",
                     customer_id=enriched.customer.id,
@@ -189,28 +434,51 @@ class EnrichService:
 
     async def enrich(self, interaction: Interaction) -> EnrichedInteraction:
         customer = await self.resolve(interaction)
-        sentiment = self.analyzer.analyze(interaction.text)
-        intents = detect_intents(interaction.text)
-        reach = influence(interaction.author.followers, interaction.author.verified)
+        text = interaction.text
+        language = interaction.language or self.detector.detect(text)
+        sentiment = self.sentiment_of(text, language)
+        intents = self.intents.detect(text)
+        author = interaction.author
+        reach = influence(author.followers, author.verified, int(customer.get("posts", 0)))
+        # A redelivered post counts twice here; the engagement score is coarse enough
+        # (log scale, capped) that this cannot move a routing decision much.
+        await self.repository.count_post(customer["_id"])
+        ref = customer_ref(customer)
+        self.metrics.sentiment.labels(sentiment.label, str(sentiment.scored).lower()).inc()
+        self.metrics.tiers.labels(ref.tier).inc()
         return EnrichedInteraction(
             interaction=interaction,
-            customer=customer,
+            customer=ref,
             sentiment=sentiment,
-            language=interaction.language,
+            language=language,
             intents=intents,
             urgency=urgency(sentiment, intents, reach),
             influence=reach,
         )
 
-    async def resolve(self, interaction: Interaction) -> CustomerRef:
-        """The author's customer; an unknown author becomes a prospect, known from now on."""
+    def sentiment_of(self, text: str, language: str | None) -> Sentiment:
+        """Scored when the language is one the analyzer knows, or could not be told."""
+        if language is not None and language.split("-")[0].lower() not in self.analyzer.languages:
+            return unscored(self.analyzer)
+        return self.analyzer.analyze(text)
+
+    async def resolve(self, interaction: Interaction) -> Document:
+        """The author's profile: by identity, then by email; an unknown author becomes a
+        prospect, known from its next post on."""
         author = interaction.author
         identity = normalise_identity(interaction.channel, author.handle)
         customer_id = await self.repository.customer_id_for(identity)
-        if customer_id is None:
-            customer_id = await self.repository.claim_identity(identity, str(uuid.uuid4()))
-        customer = await self.repository.find_customer(customer_id)
+        how = "identity" if customer_id else "unknown"
+        customer = await self.repository.find_customer(customer_id) if customer_id else None
+        if (customer is None or customer.get("tier") == PROSPECT) and author.email:
+            by_email = await self.repository.find_by_email(author.email)
+            if by_email is not None and by_email.get("tier") != PROSPECT:
+                customer, how = await self.link_by_email(identity, by_email, customer), "email"
         if customer is None or customer.get("tier") == PROSPECT:
+            customer_id = customer_id or await self.repository.claim_identity(
+                identity, str(uuid.uuid4())
+            )
+            how = "prospect" if customer is not None else "unknown"
             customer = await self.repository.upsert_prospect(
                 {
                     "_id": customer_id,
@@ -218,13 +486,36 @@ class EnrichService:
                     "tier": PROSPECT,
                     "value": 0.0,
                     "identities": [identity],
-                    "created_at": utcnow(),
+                    "created_at": now_iso(),
                 },
                 author.followers,
             )
         if customer is None:  # erased between the two writes: treat the author as new
             return await self.resolve(interaction)
-        return customer_ref(customer)
+        self.metrics.resolutions.labels(how).inc()
+        return customer
+
+    async def link_by_email(
+        self, identity: str, customer: Document, prospect: Document | None
+    ) -> Document:
+        """Give the identity to the customer the email names, absorbing its prospect."""
+        if prospect is not None:
+            await self.merge_profiles(customer["_id"], prospect)
+        else:
+            await self.repository.claim_identity(identity, customer["_id"])
+            await self.repository.update_customer(
+                customer["_id"], {"$addToSet": {"identities": identity}}
+            )
+        return await self.repository.find_customer(customer["_id"]) or customer
+
+
+def imported_update(row: ImportRow) -> Document:
+    """The CRM is the source of truth for the fields it sends; identities only add up."""
+    fields = row.model_dump(mode="json", exclude={"identities", "crm_id"}, exclude_unset=True)
+    update: Document = {"$set": {**fields, "updated_at": now_iso()}}
+    if row.normalised_identities:
+        update["$addToSet"] = {"identities": {"$each": row.normalised_identities}}
+    return update
 
 
 def enriched_event(

@@ -30,6 +30,7 @@ from shared.events import (
     utcnow,
 )
 from shared.http import field_errors
+from shared.identity import normalise_identity
 from shared.kafka import RawEvent
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
@@ -256,8 +257,9 @@ def rejected_event(record: RawEvent, errors: list[FieldError]) -> CloudEvent[Rej
 
 
 def author_key(interaction: Interaction) -> str:
-    """Kafka key: one author's posts stay in order on one partition."""
-    return f"{interaction.channel.value}:{interaction.author.handle.lower()}"
+    """Kafka key: one author's posts stay in order on one partition, whatever form
+    (``@Ada``, a profile URL) the handle took."""
+    return normalise_identity(interaction.channel, interaction.author.handle)
 
 
 def received_event(interaction: Interaction) -> CloudEvent[Interaction]:

@@ -71,7 +71,8 @@ NEGATIVE: frozenset[SentimentLabel] = frozenset({"negative"})
 # Ordered; first match wins. The vocal and the valuable are seen first.
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("valued-and-unhappy", "priority", 1, tiers=VALUED, sentiments=NEGATIVE),
-    Rule("loud-and-unhappy", "priority", 2, sentiments=NEGATIVE, min_influence=7.0),
+    # Influence runs 0-100; 50 is about 15,000 followers (enrich documents the formula).
+    Rule("loud-and-unhappy", "priority", 2, sentiments=NEGATIVE, min_influence=50.0),
     Rule("valued", "priority", 2, tiers=VALUED),
     Rule("unhappy", "care", 3, sentiments=NEGATIVE),
 )

@@ -131,7 +131,7 @@ async def test_unhappy_platinum_customer_goes_first_to_an_online_agent(router: R
 
 async def test_rules_fall_through_to_the_default_queue(router: Router) -> None:
     await router.agent()
-    loud = enriched(sentiment="negative", influence=8.0)
+    loud = enriched(sentiment="negative", influence=58.0)
     plain = enriched()
 
     await router.send(loud, plain)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.enrich.service import normalise_identity
 from services.notify.service import next_delay
 from shared.events import Channel, Interaction, UndecodableEvent, decode
 from shared.http import field_errors
+from shared.identity import normalise_identity
 
 
 def test_a_header_that_is_not_utf8_makes_the_record_undecodable_not_a_crash() -> None:

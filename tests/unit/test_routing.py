@@ -33,7 +33,7 @@ def test_unhappy_platinum_customer_is_valued_and_unhappy() -> None:
 
 
 def test_unhappy_standard_customer_with_influence_is_loud_and_unhappy() -> None:
-    assert route(enriched("standard", "negative", reach=8.0)) == Decision(
+    assert route(enriched("standard", "negative", reach=58.0)) == Decision(
         "loud-and-unhappy", "priority", 2
     )
 
@@ -43,7 +43,7 @@ def test_neutral_gold_customer_is_valued() -> None:
 
 
 def test_unhappy_standard_customer_with_little_influence_goes_to_care() -> None:
-    assert route(enriched("standard", "negative", reach=6.9)) == Decision("unhappy", "care", 3)
+    assert route(enriched("standard", "negative", reach=49.9)) == Decision("unhappy", "care", 3)
 
 
 def test_neutral_standard_customer_gets_the_default() -> None:
@@ -55,7 +55,7 @@ def test_neutral_standard_customer_gets_the_default() -> None:
 
 def test_first_matching_rule_wins_in_the_defaults() -> None:
     # Both valued-and-unhappy and loud-and-unhappy match; the earlier one is chosen.
-    item = enriched("gold", "negative", reach=9.0)
+    item = enriched("gold", "negative", reach=90.0)
 
     assert DEFAULT_RULES[0].matches(item)
     assert DEFAULT_RULES[1].matches(item)

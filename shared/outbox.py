@@ -64,6 +64,12 @@ class Outbox:
             {"$set": {"pending": False, "published_at": utcnow()}},
         )
 
+    async def forget(self, key: str) -> int:
+        """Delete every entry stored under a Kafka key (erasure of one customer's events);
+        returns how many. Pending ones go too: an erased person's events stay unsent."""
+        deleted = await self.collection.delete_many({"key_text": key})
+        return deleted.deleted_count
+
     async def find(self, event_id: str) -> Document | None:
         # No projection: the embedded store returns dates as strings under one.
         return await self.collection.find_one({"_id": event_id})
@@ -77,6 +83,7 @@ def _entry(topic: str, key: str, event: CloudEvent[Any]) -> Document:
         "pending": True,
         "topic": topic,
         "key": Binary(record.key),
+        "key_text": key,  # binary fields do not match equality queries on the embedded store
         "value": Binary(record.value),
         "headers": [[name, Binary(value)] for name, value in record.headers],
         "stored_at": utcnow(),

@@ -277,8 +277,10 @@ class EnrichService:
         customer = await self.repository.find_customer(customer_id)
         if customer is None:
             return False
-        log.info("customer erased", customer_id=customer["_id"])
-        return await self.repository.erase(customer["_id"])
+        erased = await self.repository.erase(customer["_id"])
+        forgotten = await self.outbox.forget(customer["_id"])  # enriched events, keyed by customer
+        log.info("customer erased", customer_id=customer["_id"], events_forgotten=forgotten)
+        return erased
 
     # -- CRM import ---------------------------------------------------------------
 

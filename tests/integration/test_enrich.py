@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 
 from services.enrich.config import EnrichSettings
 from services.enrich.main import create_app
@@ -217,14 +219,23 @@ async def test_an_erased_customers_later_post_carries_no_trace_of_them(enrich: E
         identities=[{"channel": "twitter", "handle": "@ada_l"}],
     )
 
+    await enrich.send(interaction("@ada_l", text="Ada's own words"))
+    [before] = await enrich.enriched(1)
+
     erased = await enrich.http.delete(f"/v1/customers/{ada['id']}", headers=admin_headers())
     gone = await enrich.http.get(f"/v1/customers/{ada['id']}", headers=admin_headers())
     await enrich.send(interaction("@ada_l", email="ada@example.com"))
-    [result] = await enrich.enriched(1)
+    result = (await enrich.enriched(2))[1]
+    outbox: AsyncCollection[dict[str, Any]] = AsyncMongoClient(
+        enrich.settings.mongo.url.get_secret_value()
+    )[enrich.settings.mongo.database("enrich")]["outbox"]
+    kept = [doc async for doc in outbox.find({})]
     stored = await enrich.http.get(f"/v1/customers/{result.customer.id}", headers=admin_headers())
 
+    assert before.customer.id == ada["id"]
     assert erased.status_code == 204
     assert gone.status_code == 404
+    assert not any(b"Ada's own words" in doc["value"] for doc in kept)
     assert result.customer.id != ada["id"]
     assert result.customer.prospect
     assert result.customer.value == 0

@@ -170,6 +170,8 @@ class Assignment(Model):
     text: str
     url: HttpUrl | None = None
     enqueued_at: datetime
+    policy_version: int | None = None  # the routing policy version that decided the queue
+    required_skills: tuple[str, ...] = ()
 
 
 class SlaBreach(Model):
@@ -179,6 +181,7 @@ class SlaBreach(Model):
     queue: str
     priority_before: int = Field(ge=1, le=5)
     priority_after: int = Field(ge=1, le=5)
+    queue_after: str | None = None  # the overflow queue it moved to, if its queue has one
     waited_s: float
     customer: CustomerRef
     enqueued_at: datetime

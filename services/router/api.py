@@ -3,10 +3,12 @@ what agents do with their work (each with its own token)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
+from services.router.policy import CONDITION_VARIABLES, Policy, PolicyError, PolicyIn
 from services.router.service import (
     Action,
     ActionRefused,
@@ -15,6 +17,7 @@ from services.router.service import (
     PresenceIn,
     RouterService,
 )
+from shared.events import EnrichedInteraction
 from shared.http import AdminOnly, Bearer, app_service, public, unauthorized
 
 router = APIRouter(prefix="/v1")
@@ -48,6 +51,58 @@ async def set_presence(agent_id: str, payload: PresenceIn, service: Service) -> 
     if agent is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such agent")
     return agent_out(agent)
+
+
+def policy_out(policy: Policy) -> dict[str, Any]:
+    return {"version": policy.version, **policy.spec.model_dump(mode="json")}
+
+
+@admin.get("/policy")
+async def get_policy(service: Service) -> dict[str, Any]:
+    """The policy routing now, with its version, and the variables conditions may use."""
+    return {**policy_out(service.policy), "condition_variables": CONDITION_VARIABLES}
+
+
+@admin.put("/policy")
+async def save_policy(payload: PolicyIn, service: Service) -> dict[str, Any]:
+    """Saves a new version (every save is one); a condition that does not compile is a
+    422 naming the rule and the position."""
+    try:
+        return policy_out(await service.save_policy(payload, saved_by="admin"))
+    except PolicyError as error:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, [{"field": error.field, "reason": error.reason}]
+        ) from error
+
+
+@admin.get("/policy/versions/{version}")
+async def get_policy_version(version: int, service: Service) -> dict[str, Any]:
+    stored = await service.policy_version(version)
+    if stored is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such policy version")
+    return {"version": stored["_id"], **stored["policy"], "saved_at": stored["saved_at"]}
+
+
+@admin.post("/policy:evaluate")
+async def evaluate_policy(sample: EnrichedInteraction, service: Service) -> dict[str, Any]:
+    """Which rule the current policy picks for a sample enriched event, and each rule's
+    result on the way, without routing anything."""
+    decision = service.policy.decide(sample)
+    return {
+        "policy_version": decision.policy_version,
+        "rule": decision.rule,
+        "queue": decision.queue,
+        "priority": decision.priority,
+        "required_skills": list(decision.skills),
+        "rules": [asdict(outcome) for outcome in decision.trace],
+    }
+
+
+@admin.get("/queues")
+async def queue_stats(service: Service) -> dict[str, Any]:
+    """Per queue: items waiting by priority, offered, oldest wait, SLA breaches, and
+    the online agents able to serve it with their load and capacity."""
+    return {"queues": [asdict(queue) for queue in await service.queue_stats()]}
 
 
 @admin.get("/items/{interaction_id}")

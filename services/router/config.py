@@ -9,8 +9,9 @@ class RouterSettings(ServiceSettings):
 
     port: int = Field(default=8083, ge=0, le=65535)
 
-    # How long an agent has to accept an offer before it goes to the next agent.
+    # How long an agent has to accept an offer before it goes to the next agent, for
+    # queues whose policy does not say.
     offer_timeout_s: float = Field(default=120.0, gt=0)
-    # First-response targets by priority 1..5: waiting longer raises sla.breached.
-    sla_s: tuple[float, float, float, float, float] = (900.0, 1800.0, 3600.0, 14_400.0, 86_400.0)
+    # SLA targets, skills and overflow are per queue, in the routing policy (PUT /v1/policy).
     timer_tick_s: float = Field(default=1.0, gt=0)
+    stats_interval_s: float = Field(default=5.0, gt=0)

@@ -17,7 +17,10 @@ def create_app(settings: RouterSettings) -> FastAPI:
         settings.kafka.topics.enriched, stream.enriched_handler(service, runtime.metrics)
     )
     app = service_app(
-        runtime, [api.router], startup=[repository.ensure_indexes], background=[service.run_timers]
+        runtime,
+        [api.router],
+        startup=[repository.ensure_indexes, service.load_policy],
+        background=[service.run_timers, service.report_queues],
     )
     app.state.service = service
     return app

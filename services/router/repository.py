@@ -1,4 +1,5 @@
-"""Router's collections: agents (with their free capacity) and items (one per interaction).
+"""Router's collections: agents (with their free capacity), items (one per interaction)
+and policies (every saved routing policy, by version).
 
 Every change that two router replicas could race on is one conditional update, so
 an agent never goes over capacity and an item is never offered twice.
@@ -20,6 +21,7 @@ class RouterRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.agents = db["agents"]
         self.items = db["items"]
+        self.policies = db["policies"]
 
     async def ensure_indexes(self) -> None:
         await self.items.create_index(
@@ -43,11 +45,33 @@ class RouterRepository:
     async def find_agent_by_token_hash(self, token_hash: str) -> Document | None:
         return await self.agents.find_one({"token_hash": token_hash})
 
-    async def reserve_agent(self, at: datetime, exclude: Sequence[str] = ()) -> Document | None:
-        """Take one unit of capacity from the best online agent: most free, then longest idle."""
+    async def latest_policy(self) -> Document | None:
+        cursor = self.policies.find().sort("_id", DESCENDING).limit(1)
+        found = await cursor.to_list(length=1)
+        return found[0] if found else None
+
+    async def find_policy(self, version: int) -> Document | None:
+        return await self.policies.find_one({"_id": version})
+
+    async def insert_policy(self, policy: Document) -> bool:
+        """False when another save took this version number first."""
+        try:
+            await self.policies.insert_one(policy)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def reserve_agent(
+        self, at: datetime, exclude: Sequence[str] = (), skills: Sequence[str] = ()
+    ) -> Document | None:
+        """Take one unit of capacity from the best online agent with every skill needed:
+        most free capacity, then longest idle. One conditional update, so two replicas
+        can never push an agent over capacity."""
         wanted: Document = {"presence": "online", "free": {"$gt": 0}}
         if exclude:
             wanted["_id"] = {"$nin": list(exclude)}
+        if skills:  # never an empty $all: the embedded store would match nothing
+            wanted["skills"] = {"$all": list(skills)}
         return await self.agents.find_one_and_update(
             wanted,
             {"$inc": {"free": -1, "load": 1}, "$set": {"last_offer_at": at}},
@@ -114,13 +138,27 @@ class RouterRepository:
         ).limit(limit)
         return await cursor.to_list(length=limit)
 
-    async def mark_breached(self, item_id: str, now: datetime, priority: int) -> Document | None:
-        """Record the breach once: None if it was already recorded (by this or another replica)."""
+    async def mark_breached(
+        self, item_id: str, now: datetime, escalation: Document
+    ) -> Document | None:
+        """Record the breach and its escalation once: None if it was already recorded (by
+        this or another replica)."""
         return await self.items.find_one_and_update(
             {"_id": item_id, "sla_breached_ms": None},
-            {"$set": {"sla_breached_ms": epoch_ms(now), "priority": priority}},
+            {"$set": {"sla_breached_ms": epoch_ms(now), **escalation}},
             return_document=ReturnDocument.AFTER,
         )
+
+    async def any_free_agent(self) -> bool:
+        return await self.agents.find_one({"presence": "online", "free": {"$gt": 0}}) is not None
+
+    async def waiting_items(self) -> list[Document]:
+        """Every item waiting for an agent or an answer to its offer, for queue statistics."""
+        cursor = self.items.find({"state": {"$in": ["queued", "offered"]}})
+        return await cursor.to_list(length=None)
+
+    async def online_agents(self) -> list[Document]:
+        return await self.agents.find({"presence": "online"}).to_list(length=None)
 
     async def queued_items(self, limit: int) -> list[Document]:
         """Waiting items, most urgent first: priority, then age."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Literal
 
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError
 
 from services.router.config import RouterSettings
+from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
 from services.router.repository import RouterRepository
 from shared.events import (
     SLA_BREACHED,
@@ -22,7 +25,6 @@ from shared.events import (
     AssignmentStatus,
     CloudEvent,
     EnrichedInteraction,
-    SentimentLabel,
     SlaBreach,
     assignment_type,
     derived_event_id,
@@ -37,53 +39,6 @@ from shared.topics import Topics
 SOURCE = "/switchboard/router"
 log = get_logger(__name__)
 Presence = Literal["online", "away", "offline"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A condition over the enriched event and where matching work goes."""
-
-    name: str
-    queue: str
-    priority: int
-    tiers: frozenset[str] | None = None
-    sentiments: frozenset[SentimentLabel] | None = None
-    min_influence: float | None = None
-
-    def matches(self, item: EnrichedInteraction) -> bool:
-        return (
-            (self.tiers is None or item.customer.tier in self.tiers)
-            and (self.sentiments is None or item.sentiment.label in self.sentiments)
-            and (self.min_influence is None or item.influence >= self.min_influence)
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
-    rule: str
-    queue: str
-    priority: int
-
-
-VALUED = frozenset({"platinum", "gold"})
-NEGATIVE: frozenset[SentimentLabel] = frozenset({"negative"})
-
-# Ordered; first match wins. The vocal and the valuable are seen first.
-DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule("valued-and-unhappy", "priority", 1, tiers=VALUED, sentiments=NEGATIVE),
-    # Influence runs 0-100; 50 is about 15,000 followers (enrich documents the formula).
-    Rule("loud-and-unhappy", "priority", 2, sentiments=NEGATIVE, min_influence=50.0),
-    Rule("valued", "priority", 2, tiers=VALUED),
-    Rule("unhappy", "care", 3, sentiments=NEGATIVE),
-)
-DEFAULT_DECISION = Decision("default", "general", 4)
-
-
-def route(item: EnrichedInteraction, rules: Sequence[Rule] = DEFAULT_RULES) -> Decision:
-    for rule in rules:
-        if rule.matches(item):
-            return Decision(rule.name, rule.queue, rule.priority)
-    return DEFAULT_DECISION
 
 
 class Action(StrEnum):
@@ -136,7 +91,7 @@ class PresenceIn(BaseModel):
     presence: Presence
 
 
-def new_item(enriched: EnrichedInteraction, decision: Decision, sla_s: Sequence[float]) -> Document:
+def new_item(enriched: EnrichedInteraction, decision: Decision, sla_s: float) -> Document:
     interaction = enriched.interaction
     now = utcnow()
     return {
@@ -145,10 +100,12 @@ def new_item(enriched: EnrichedInteraction, decision: Decision, sla_s: Sequence[
         "queue": decision.queue,
         "priority": decision.priority,
         "rule": decision.rule,
+        "policy_version": decision.policy_version,
+        "required_skills": list(decision.skills),
         "offer": 0,
         "agent_id": None,
         "enqueued_at": now,
-        "sla_due_ms": epoch_ms(now + timedelta(seconds=sla_s[decision.priority - 1])),
+        "sla_due_ms": epoch_ms(now + timedelta(seconds=sla_s)),
         "sla_breached_ms": None,
         "customer": enriched.customer.model_dump(mode="json"),
         "sentiment": enriched.sentiment.label,
@@ -184,6 +141,8 @@ def assignment_event(
         text=item["text"],
         url=item["url"],
         enqueued_at=item["enqueued_at"],
+        policy_version=item.get("policy_version"),
+        required_skills=tuple(item.get("required_skills", ())),
     )
     return CloudEvent[Assignment](
         id=derived_event_id(item["_id"], status.value, str(item["offer"])),
@@ -194,7 +153,7 @@ def assignment_event(
     )
 
 
-def sla_breached_event(item: Document, priority: int, now: datetime) -> CloudEvent[SlaBreach]:
+def sla_breached_event(item: Document, escalated: Document, now: datetime) -> CloudEvent[SlaBreach]:
     enqueued = item["enqueued_at"]
     return CloudEvent[SlaBreach](
         id=derived_event_id(item["_id"], SLA_BREACHED),
@@ -205,7 +164,8 @@ def sla_breached_event(item: Document, priority: int, now: datetime) -> CloudEve
             interaction_id=item["_id"],
             queue=item["queue"],
             priority_before=item["priority"],
-            priority_after=priority,
+            priority_after=escalated["priority"],
+            queue_after=escalated["queue"] if escalated["queue"] != item["queue"] else None,
             waited_s=round((now - enqueued).total_seconds(), 3),
             customer=item["customer"],
             enqueued_at=enqueued,
@@ -225,12 +185,42 @@ class RouterService:
         self.outbox = outbox
         self.topics = topics
         self.settings = settings
+        self.policy = Policy(DEFAULT_POLICY, version=1)
+
+    # -- policy -------------------------------------------------------------------
+
+    async def load_policy(self) -> None:
+        """The latest saved policy; the shipped default becomes version 1 if none is."""
+        stored = await self.repository.latest_policy()
+        if stored is None:
+            await self.repository.insert_policy(policy_document(DEFAULT_POLICY, 1, "default"))
+            stored = await self.repository.latest_policy()
+        if stored is not None and stored["_id"] != self.policy.version:
+            self.policy = Policy(PolicyIn.model_validate(stored["policy"]), stored["_id"])
+
+    async def save_policy(self, spec: PolicyIn, saved_by: str) -> Policy:
+        """Compile and store the policy as the next version; raises PolicyError."""
+        while True:
+            latest = await self.repository.latest_policy()
+            policy = Policy(spec, (latest["_id"] if latest else 0) + 1)
+            if await self.repository.insert_policy(policy_document(spec, policy.version, saved_by)):
+                break
+        self.policy = policy
+        log.info("policy saved", version=policy.version, rules=len(spec.rules))
+        return policy
+
+    async def policy_version(self, version: int) -> Document | None:
+        return await self.repository.find_policy(version)
+
+    # -- timers -------------------------------------------------------------------
 
     async def run_timers(self) -> None:
         """Offer timeouts and SLA breaches, from deadlines stored with the items, so a
-        restart misses none and replicas do not double them (conditional updates)."""
+        restart misses none and replicas do not double them (conditional updates).
+        Also picks up a policy another replica saved."""
         while True:
             try:
+                await self.load_policy()
                 await self.expire_offers()
                 await self.escalate_overdue()
             except PyMongoError as exc:
@@ -257,16 +247,33 @@ class RouterService:
             await self.drain()
 
     async def escalate_overdue(self) -> None:
-        """Raise sla.breached once per item and move it up one priority."""
+        """Raise sla.breached once per item and escalate it: to its queue's overflow
+        queue if it has one, else up one priority."""
         now = utcnow()
+        escalated_any = False
         for item in await self.repository.overdue_items(now):
-            priority = max(1, int(item["priority"]) - 1)
-            breached = await self.repository.mark_breached(item["_id"], now, priority)
+            escalation = self.escalation(item)
+            breached = await self.repository.mark_breached(item["_id"], now, escalation)
             if breached is None:
                 continue
-            event = sla_breached_event(item, priority, now)
+            escalated_any = True
+            event = sla_breached_event(item, escalation, now)
             await self.outbox.add([(self.topics.escalations, item["_id"], event)])
-            log.info("sla breached", interaction_id=item["_id"], priority=priority)
+            sla_breaches_counter().labels(item["queue"]).inc()
+            log.info("sla breached", interaction_id=item["_id"], **escalation)
+        if escalated_any:
+            await self.drain()  # an item in its overflow queue may fit other agents
+
+    def escalation(self, item: Document) -> Document:
+        queue = self.policy.queues.get(item["queue"])
+        if queue is not None and queue.overflow is not None:
+            overflow = self.policy.queues[queue.overflow]
+            return {
+                "queue": overflow.name,
+                "priority": item["priority"],
+                "required_skills": list(overflow.required_skills),
+            }
+        return {"queue": item["queue"], "priority": max(1, int(item["priority"]) - 1)}
 
     async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
         """One at a time, in order: each item's offer depends on the ones before it."""
@@ -276,7 +283,8 @@ class RouterService:
                 await self.accept_item(item)
 
     async def accept_item(self, enriched: EnrichedInteraction) -> None:
-        item = new_item(enriched, route(enriched), self.settings.sla_s)
+        decision = self.policy.decide(enriched)
+        item = new_item(enriched, decision, self.policy.sla_s(decision.queue, decision.priority))
         if not await self.repository.insert_item(item):
             stored = await self.repository.find_item(item["_id"])
             if stored is None:
@@ -290,11 +298,13 @@ class RouterService:
 
     async def offer(self, item: Document) -> bool:
         """Offer a queued item to the best available agent; False if nobody can take it."""
-        agent = await self.repository.reserve_agent(utcnow(), exclude=item.get("declined_by", []))
+        agent = await self.repository.reserve_agent(
+            utcnow(), exclude=item.get("declined_by", []), skills=item.get("required_skills", [])
+        )
         if agent is None:
             return False
         now = utcnow()
-        expires = now + timedelta(seconds=self.settings.offer_timeout_s)
+        expires = now + timedelta(seconds=self.offer_timeout_s(item["queue"]))
         offered = await self.repository.offer_item(item["_id"], agent["_id"], now, expires)
         if offered is None:  # another replica got there first
             await self.repository.release_agent(agent["_id"])
@@ -312,10 +322,17 @@ class RouterService:
     async def publish_offer(self, item: Document) -> None:
         await self.outbox.add([(self.topics.assignments, item["_id"], offered_event(item))])
 
+    def offer_timeout_s(self, queue_name: str) -> float:
+        queue = self.policy.queues.get(queue_name)
+        if queue is not None and queue.offer_timeout_s is not None:
+            return queue.offer_timeout_s
+        return self.settings.offer_timeout_s
+
     async def drain(self, limit: int = 100) -> None:
-        """Offer waiting work, most urgent first, while agents have room."""
+        """Offer waiting work, most urgent first, while agents have room. An item nobody
+        online has the skills for is passed over, not allowed to block the ones behind."""
         for item in await self.repository.queued_items(limit):
-            if not await self.offer(item):
+            if not await self.offer(item) and not await self.repository.any_free_agent():
                 return
 
     async def act(self, agent_id: str, item_id: str, action: Action) -> Document:
@@ -381,3 +398,94 @@ class RouterService:
 
     async def get_item(self, item_id: str) -> Document | None:
         return await self.repository.find_item(item_id)
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Depth by priority, oldest wait and breaches per queue; online agents' load."""
+        now = utcnow()
+        stats = {name: QueueStats(name) for name in self.policy.queues}
+        for item in await self.repository.waiting_items():
+            queue = stats.setdefault(item["queue"], QueueStats(item["queue"]))
+            queue.count(item, now)
+        agents = await self.repository.online_agents()
+        for queue in stats.values():
+            spec = self.policy.queues.get(queue.name)
+            needed = set(spec.required_skills) if spec else set()
+            able = [a for a in agents if needed <= set(a.get("skills", []))]
+            queue.agents_online = len(able)
+            queue.agents_load = sum(int(a["load"]) for a in able)
+            queue.agents_capacity = sum(int(a["capacity"]) for a in able)
+        export_queue_gauges(stats.values())
+        return list(stats.values())
+
+    async def report_queues(self) -> None:
+        """Keeps the queue gauges current for Prometheus, every few seconds."""
+        while True:
+            try:
+                await self.queue_stats()
+            except PyMongoError as exc:
+                log.warning("queue statistics failed, retrying", error=repr(exc))
+            await asyncio.sleep(self.settings.stats_interval_s)
+
+
+@dataclass
+class QueueStats:
+    name: str
+    waiting: dict[int, int] = field(default_factory=lambda: dict.fromkeys(range(1, 6), 0))
+    offered: int = 0
+    oldest_wait_s: float = 0.0
+    sla_breached: int = 0
+    agents_online: int = 0
+    agents_load: int = 0
+    agents_capacity: int = 0
+
+    def count(self, item: Document, now: datetime) -> None:
+        if item["state"] == "offered":
+            self.offered += 1
+        else:
+            self.waiting[int(item["priority"])] += 1
+        waited = (now - as_utc(item["enqueued_at"])).total_seconds()
+        self.oldest_wait_s = max(self.oldest_wait_s, round(waited, 3))
+        if item.get("sla_breached_ms") is not None:
+            self.sla_breached += 1
+
+
+def as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@cache
+def queue_gauges() -> tuple[Gauge, Gauge, Gauge]:
+    return (
+        Gauge(
+            "switchboard_router_queue_depth",
+            "Items waiting by queue and priority",
+            ["queue", "priority"],
+        ),
+        Gauge("switchboard_router_oldest_wait_seconds", "Longest wait in each queue", ["queue"]),
+        Gauge(
+            "switchboard_router_agents_online", "Online agents able to serve each queue", ["queue"]
+        ),
+    )
+
+
+@cache
+def sla_breaches_counter() -> Counter:
+    return Counter("switchboard_router_sla_breaches", "Items that waited past their SLA", ["queue"])
+
+
+def export_queue_gauges(stats: Iterable[QueueStats]) -> None:
+    depth, oldest, online = queue_gauges()
+    for queue in stats:
+        for priority, waiting in queue.waiting.items():
+            depth.labels(queue.name, str(priority)).set(waiting)
+        oldest.labels(queue.name).set(queue.oldest_wait_s)
+        online.labels(queue.name).set(queue.agents_online)
+
+
+def policy_document(spec: PolicyIn, version: int, saved_by: str) -> Document:
+    return {
+        "_id": version,
+        "policy": spec.model_dump(mode="json"),
+        "saved_by": saved_by,
+        "saved_at": utcnow(),
+    }

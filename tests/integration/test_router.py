@@ -60,10 +60,12 @@ class Router:
         events = await read_topic(self.settings.kafka, topic, Assignment, expect, settle_s=settle_s)
         return [event.data for _, event in events]
 
-    async def agent(self, presence: str = "online", capacity: int = 3) -> str:
+    async def agent(
+        self, presence: str = "online", capacity: int = 3, skills: tuple[str, ...] = ()
+    ) -> str:
         answer = await self.http.post(
             "/v1/agents",
-            json={"name": "Grace", "capacity": capacity, "presence": presence},
+            json={"name": "Grace", "capacity": capacity, "presence": presence, "skills": skills},
             headers=admin_headers(),
         )
         assert answer.status_code == 201
@@ -75,6 +77,12 @@ class Router:
             f"/v1/items/{interaction_id}/{action}",
             headers={"Authorization": f"Bearer {self.tokens[agent_id]}"},
         )
+
+    async def save_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.put("/v1/policy", json=policy, headers=admin_headers())
+        assert response.status_code == 200, response.text
+        saved: dict[str, Any] = response.json()
+        return saved
 
     async def item_state(self, interaction_id: str) -> str | None:
         answer = await self.http.get(f"/v1/items/{interaction_id}", headers=admin_headers())
@@ -97,7 +105,7 @@ async def router(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIt
 
 
 def enriched(
-    tier: str = "standard", sentiment: str = "neutral", influence: float = 1.0
+    tier: str = "standard", sentiment: str = "neutral", influence: float = 1.0, text: str = "hello"
 ) -> EnrichedInteraction:
     data: dict[str, Any] = {
         "interaction": {
@@ -106,7 +114,7 @@ def enriched(
             "source": "listener",
             "external_id": uuid.uuid4().hex,
             "author": {"handle": "@someone"},
-            "text": "hello",
+            "text": text,
             "received_at": utcnow(),
         },
         "customer": {"id": str(uuid.uuid4()), "tier": tier, "value": 10.0},
@@ -271,9 +279,15 @@ async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(
 async def test_an_sla_breach_is_raised_once_also_across_a_restart(
     stack: EmbeddedStack, namespace: str, run_dir: Path
 ) -> None:
-    fast_sla = {"sla_s": (60.0, 60.0, 60.0, 1.0, 60.0), "timer_tick_s": 0.2}
+    fast_sla = {"timer_tick_s": 0.2}
     item = enriched()  # the default rule: priority 4, and no agent to take it
     async with running_router(stack, namespace, run_dir, **fast_sla) as router:
+        await router.save_policy(
+            {
+                "queues": [{"name": "general", "sla_s": [60, 60, 60, 1, 60]}],
+                "default_queue": "general",
+            }
+        )
         await router.send(item)
         topic = router.settings.kafka.topics.escalations
         await read_topic(router.settings.kafka, topic, SlaBreach, 1)
@@ -291,3 +305,125 @@ async def test_an_sla_breach_is_raised_once_also_across_a_restart(
     assert breach.data.waited_s >= 1.0
     assert escalated == "queued"
     assert stored["priority"] == 3
+
+
+SPANISH_POLICY: dict[str, Any] = {
+    "queues": [
+        {"name": "general"},
+        {"name": "spanish", "required_skills": ["es"]},
+    ],
+    "rules": [{"name": "spanish", "when": '"hola" in words', "queue": "spanish", "priority": 1}],
+    "default_queue": "general",
+}
+
+
+async def test_every_save_is_a_new_version_and_offers_name_theirs(router: Router) -> None:
+    first = (await router.http.get("/v1/policy", headers=admin_headers())).json()
+    saved = await router.save_policy(SPANISH_POLICY)
+    old = await router.http.get(f"/v1/policy/versions/{first['version']}", headers=admin_headers())
+    await router.agent(skills=("es",))
+    await router.send(enriched(text="hola, my order?"))
+    [offer] = await router.offers(1)
+
+    assert first["version"] == 1
+    assert first["rules"][0]["name"] == "valued-and-unhappy"
+    assert saved["version"] == 2
+    assert old.json()["rules"] == first["rules"]
+    assert (offer.rule, offer.queue, offer.policy_version) == ("spanish", "spanish", 2)
+    assert offer.required_skills == ("es",)
+
+
+async def test_a_bad_expression_is_refused_with_its_rule_and_position(router: Router) -> None:
+    policy = {
+        **SPANISH_POLICY,
+        "rules": [
+            SPANISH_POLICY["rules"][0],
+            {"name": "broken", "when": "influence >= ", "queue": "general"},
+        ],
+    }
+
+    answer = await router.http.put("/v1/policy", json=policy, headers=admin_headers())
+    current = (await router.http.get("/v1/policy", headers=admin_headers())).json()
+
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["field"] == "rules.1.when"
+    assert "1:14" in problem["reason"]
+    assert current["version"] == 1
+
+
+async def test_evaluate_explains_the_match_without_routing(router: Router) -> None:
+    sample = enriched(tier="gold", sentiment="negative")
+
+    answer = await router.http.post(
+        "/v1/policy:evaluate", json=sample.model_dump(mode="json"), headers=admin_headers()
+    )
+    await asyncio.sleep(0.5)
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["rule"], body["queue"], body["priority"]) == ("valued-and-unhappy", "priority", 1)
+    assert body["rules"] == [
+        {
+            "rule": "valued-and-unhappy",
+            "when": 'customer.tier in ["platinum", "gold"] && sentiment.label == "negative"',
+            "result": "matched",
+            "error": None,
+        }
+    ]
+    assert await router.item_state(sample.interaction.id) is None
+
+
+async def test_skills_are_respected_and_do_not_block_the_queue(router: Router) -> None:
+    await router.save_policy(SPANISH_POLICY)
+    generalist = await router.agent(presence="offline")
+    spanish = enriched(text="hola, help")
+    english = enriched(text="hello, help")
+    await router.send(spanish, english)
+    await asyncio.sleep(0.5)
+
+    await router.http.put(
+        f"/v1/agents/{generalist}/presence", json={"presence": "online"}, headers=admin_headers()
+    )
+    [offer] = await router.offers(1, settle_s=1.0)
+    stats = (await router.http.get("/v1/queues", headers=admin_headers())).json()["queues"]
+
+    # The Spanish item, first in line at priority 1, waits for an agent who speaks it.
+    assert (offer.interaction_id, offer.agent_id) == (english.interaction.id, generalist)
+    assert await router.item_state(spanish.interaction.id) == "queued"
+    by_name = {queue["name"]: queue for queue in stats}
+    assert by_name["spanish"]["waiting"]["1"] == 1
+    assert by_name["spanish"]["agents_online"] == 0
+    assert by_name["general"]["offered"] == 1
+    assert by_name["general"]["agents_load"] == 1
+
+
+async def test_an_sla_breach_moves_the_item_to_its_overflow_queue(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_router(stack, namespace, run_dir, timer_tick_s=0.2) as router:
+        await router.save_policy(
+            {
+                "queues": [
+                    {
+                        "name": "general",
+                        "sla_s": [60, 60, 60, 1, 60],
+                        "required_skills": ["billing"],
+                        "overflow": "backup",
+                    },
+                    {"name": "backup"},
+                ],
+                "default_queue": "general",
+            }
+        )
+        agent = await router.agent()  # no billing skill: only the overflow queue fits
+        item = enriched()
+        await router.send(item)
+        breaches = await read_topic(
+            router.settings.kafka, router.settings.kafka.topics.escalations, SlaBreach, 1
+        )
+        [offer] = await router.offers(1)
+
+    [(_, breach)] = breaches
+    assert (breach.data.queue, breach.data.queue_after) == ("general", "backup")
+    assert (offer.queue, offer.agent_id) == ("backup", agent)

@@ -23,7 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.events import CloudEvent, encode, utcnow
-from shared.kafka import create_producer
+from shared.kafka import create_producer, ensure_topics
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
 from shared.mongo import Document, only_duplicates
@@ -134,6 +134,12 @@ class OutboxRelay:
         self.metrics.outbox_backlog.set(len(entries))
         if not entries:
             return 0
+        if self._producer is None:
+            # First connection, or again after a failure: the broker may have lost its
+            # topics (a restart of an in-memory broker). Create them with the configured
+            # partitions before the producer's first send would auto-create them with
+            # others, which would leave keys pointing at partitions that do not exist.
+            await ensure_topics(self.settings, {entry["topic"] for entry in entries})
         producer = await self._connected_producer()
         deliveries = [
             await producer.send(

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, SecretStr
 
@@ -122,16 +123,16 @@ async def read_topic(
 ) -> list[tuple[bytes, CloudEvent[DataT]]]:
     """Every event on ``topic`` from its start: waits for ``expect``, then ``settle_s`` more
     so that an unexpected extra event would be seen too."""
+    deadline = time.monotonic() + timeout_s
+    partitions = await topic_partitions(settings, topic, deadline)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         seen: list[tuple[bytes, CloudEvent[DataT]]] = []
-        deadline = time.monotonic() + timeout_s
         settle_until: float | None = None
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
@@ -146,6 +147,24 @@ async def read_topic(
         return seen
     finally:
         await consumer.stop()
+
+
+async def topic_partitions(
+    settings: KafkaSettings, topic: str, deadline: float
+) -> list[TopicPartition]:
+    """All the topic's partitions, however many it was created with (a broker that lost
+    its topics may re-create one with its own default), once it exists."""
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        await admin.start()
+        try:
+            [described] = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        found = sorted(p["partition"] for p in described.get("partitions", []))
+        if found or time.monotonic() > deadline:
+            return [TopicPartition(topic, p) for p in found]
+        await asyncio.sleep(0.2)
 
 
 async def publish(

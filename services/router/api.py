@@ -13,6 +13,7 @@ from services.router.service import (
     Action,
     ActionRefused,
     AgentIn,
+    AgentPatch,
     ItemNotFound,
     PresenceIn,
     RouterService,
@@ -40,6 +41,21 @@ async def register_agent(payload: AgentIn, service: Service) -> dict[str, Any]:
 @admin.get("/agents/{agent_id}")
 async def get_agent(agent_id: str, service: Service) -> dict[str, Any]:
     agent = await service.get_agent(agent_id)
+    if agent is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such agent")
+    return agent_out(agent)
+
+
+@admin.get("/agents")
+async def list_agents(service: Service) -> dict[str, list[dict[str, Any]]]:
+    """Every agent with presence, skills, capacity, load and free capacity."""
+    return {"agents": [agent_out(agent) for agent in await service.list_agents()]}
+
+
+@admin.patch("/agents/{agent_id}")
+async def update_agent(agent_id: str, payload: AgentPatch, service: Service) -> dict[str, Any]:
+    """Name, skills or capacity; more capacity offers waiting work at once."""
+    agent = await service.update_agent(agent_id, payload)
     if agent is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such agent")
     return agent_out(agent)

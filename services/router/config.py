@@ -15,3 +15,6 @@ class RouterSettings(ServiceSettings):
     # SLA targets, skills and overflow are per queue, in the routing policy (PUT /v1/policy).
     timer_tick_s: float = Field(default=1.0, gt=0)
     stats_interval_s: float = Field(default=5.0, gt=0)
+    # An agent offered nothing for this long has its load recounted from the items it
+    # holds, giving back capacity a crashed replica reserved but never offered.
+    reconcile_after_s: float = Field(default=30.0, gt=0)

@@ -35,6 +35,37 @@ class RouterRepository:
     async def find_agent(self, agent_id: str) -> Document | None:
         return await self.agents.find_one({"_id": agent_id})
 
+    async def list_agents(self, limit: int) -> list[Document]:
+        return await self.agents.find().sort("_id", ASCENDING).limit(limit).to_list(length=limit)
+
+    async def update_agent(
+        self, agent: Document, fields: Document, capacity: int | None
+    ) -> Document | None:
+        """Change an agent; a new capacity moves its free capacity by the difference.
+        None if the agent's capacity changed since ``agent`` was read (read it again)."""
+        update: Document = {"$set": dict(fields)}
+        if capacity is not None:
+            update["$set"]["capacity"] = capacity
+            update["$inc"] = {"free": capacity - int(agent["capacity"])}
+        return await self.agents.find_one_and_update(
+            {"_id": agent["_id"], "capacity": agent["capacity"]},
+            update,
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def held_items(self, agent_id: str) -> int:
+        """Items offered to or accepted by the agent: what its load should be."""
+        cursor = self.items.find({"agent_id": agent_id, "state": {"$in": ["offered", "accepted"]}})
+        return len(await cursor.to_list(length=None))
+
+    async def correct_load(self, agent: Document, load: int) -> bool:
+        """Set the agent's load to ``load`` if nothing reserved or released meanwhile."""
+        result = await self.agents.update_one(
+            {"_id": agent["_id"], "load": agent["load"], "free": agent["free"]},
+            {"$set": {"load": load, "free": int(agent["capacity"]) - load}},
+        )
+        return result.modified_count == 1
+
     async def set_presence(self, agent_id: str, presence: str) -> Document | None:
         return await self.agents.find_one_and_update(
             {"_id": agent_id},
@@ -74,8 +105,8 @@ class RouterRepository:
             wanted["skills"] = {"$all": list(skills)}
         return await self.agents.find_one_and_update(
             wanted,
-            {"$inc": {"free": -1, "load": 1}, "$set": {"last_offer_at": at}},
-            sort=[("free", DESCENDING), ("last_offer_at", ASCENDING)],
+            {"$inc": {"free": -1, "load": 1}, "$set": {"last_offer_ms": epoch_ms(at)}},
+            sort=[("free", DESCENDING), ("last_offer_ms", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
 

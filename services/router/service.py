@@ -85,6 +85,14 @@ class AgentIn(BaseModel):
     presence: Presence = "offline"
 
 
+class AgentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    skills: list[str] | None = Field(default=None, max_length=64)
+    capacity: int | None = Field(default=None, ge=1, le=100)
+
+
 class PresenceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -379,7 +387,7 @@ class RouterService:
             **payload.model_dump(),
             "load": 0,
             "free": payload.capacity,
-            "last_offer_at": None,
+            "last_offer_ms": 0,
             "created_at": utcnow(),
         }
         await self.repository.insert_agent(agent)
@@ -395,6 +403,35 @@ class RouterService:
 
     async def get_agent(self, agent_id: str) -> Document | None:
         return await self.repository.find_agent(agent_id)
+
+    async def list_agents(self, limit: int = 500) -> list[Document]:
+        return await self.repository.list_agents(limit)
+
+    async def update_agent(self, agent_id: str, patch: AgentPatch) -> Document | None:
+        fields = patch.model_dump(exclude_unset=True, exclude={"capacity"})
+        while True:
+            agent = await self.repository.find_agent(agent_id)
+            if agent is None:
+                return None
+            updated = await self.repository.update_agent(agent, fields, patch.capacity)
+            if updated is not None:
+                break
+        if patch.capacity is not None and patch.capacity > int(agent["capacity"]):
+            await self.drain()
+        return updated
+
+    async def reconcile_capacity(self) -> None:
+        """Give back capacity a crashed replica reserved but never used: an agent not
+        offered anything for a while has exactly the load of the items it holds."""
+        quiet_since = epoch_ms(utcnow()) - int(self.settings.reconcile_after_s * 1000)
+        for agent in await self.repository.list_agents(10_000):
+            if int(agent.get("last_offer_ms", 0)) > quiet_since:
+                continue  # a reservation may be on its way to becoming an offer
+            held = await self.repository.held_items(agent["_id"])
+            if held != agent["load"] and await self.repository.correct_load(agent, held):
+                log.warning(
+                    "agent load corrected", agent_id=agent["_id"], was=agent["load"], now=held
+                )
 
     async def get_item(self, item_id: str) -> Document | None:
         return await self.repository.find_item(item_id)
@@ -418,10 +455,12 @@ class RouterService:
         return list(stats.values())
 
     async def report_queues(self) -> None:
-        """Keeps the queue gauges current for Prometheus, every few seconds."""
+        """Keeps the queue gauges current for Prometheus, and agents' load true, every
+        few seconds."""
         while True:
             try:
                 await self.queue_stats()
+                await self.reconcile_capacity()
             except PyMongoError as exc:
                 log.warning("queue statistics failed, retrying", error=repr(exc))
             await asyncio.sleep(self.settings.stats_interval_s)

@@ -99,7 +99,7 @@ async def test_accepted_interaction_is_published_once_with_its_id(ingest: Ingest
     [(key, event)] = await read_topic(ingest.settings.kafka, topic, Interaction, 1, settle_s=1.0)
     assert event.id == interaction_id
     assert event.type == INTERACTION_RECEIVED
-    assert key == b"twitter:@ada_l"
+    assert key == b"twitter:ada_l"  # the normalised identity: one author, one partition
     assert event.data.text == "My order is late again 😡 — día tres"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
 
 from services.router.config import RouterSettings
 from services.router.main import create_app
@@ -24,6 +25,7 @@ from shared.events import (
     SlaBreach,
     utcnow,
 )
+from shared.mongo import epoch_ms
 from tests.support import (
     admin_headers,
     client_of,
@@ -427,3 +429,46 @@ async def test_an_sla_breach_moves_the_item_to_its_overflow_queue(
     [(_, breach)] = breaches
     assert (breach.data.queue, breach.data.queue_after) == ("general", "backup")
     assert (offer.queue, offer.agent_id) == ("backup", agent)
+
+
+async def test_more_capacity_takes_waiting_work_at_once(router: Router) -> None:
+    agent = await router.agent(capacity=1)
+    first, second = enriched(), enriched()
+    await router.send(first)
+    await router.offers(1)
+    await router.send(second)
+    await asyncio.sleep(0.5)
+
+    patched = await router.http.patch(
+        f"/v1/agents/{agent}", json={"capacity": 2, "skills": ["es"]}, headers=admin_headers()
+    )
+    offers = await router.offers(2)
+    listed = (await router.http.get("/v1/agents", headers=admin_headers())).json()["agents"]
+
+    assert patched.status_code == 200
+    assert (patched.json()["capacity"], patched.json()["skills"]) == (2, ["es"])
+    assert [o.interaction_id for o in offers] == [first.interaction.id, second.interaction.id]
+    assert [(a["id"], a["load"], a["free"]) for a in listed] == [(agent, 2, 0)]
+
+
+async def test_capacity_a_crashed_replica_reserved_is_given_back(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    fast = {"stats_interval_s": 0.2, "reconcile_after_s": 0.5}
+    async with running_router(stack, namespace, run_dir, **fast) as router:
+        agent = await router.agent(capacity=1)
+        # What a replica that died between reserving the agent and recording the offer
+        # leaves behind: one unit of capacity taken, no item holding it.
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            router.settings.mongo.url.get_secret_value()
+        )
+        agents = client[router.settings.mongo.database("router")]["agents"]
+        await agents.update_one(
+            {"_id": agent},
+            {"$inc": {"free": -1, "load": 1}, "$set": {"last_offer_ms": epoch_ms(utcnow())}},
+        )
+        item = enriched()
+        await router.send(item)
+        [offer] = await router.offers(1, settle_s=0.5)
+
+    assert (offer.interaction_id, offer.agent_id) == (item.interaction.id, agent)

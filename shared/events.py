@@ -141,6 +141,7 @@ class EnrichedInteraction(Model):
 
 
 class AssignmentStatus(StrEnum):
+    QUEUED = "queued"  # waiting: no agent could take it when it arrived
     OFFERED = "offered"
     ACCEPTED = "accepted"
     DECLINED = "declined"

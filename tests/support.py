@@ -120,9 +120,10 @@ async def read_topic(
     expect: int,
     timeout_s: float = 30.0,
     settle_s: float = 0.0,
+    keep: Callable[[CloudEvent[DataT]], bool] | None = None,
 ) -> list[tuple[bytes, CloudEvent[DataT]]]:
-    """Every event on ``topic`` from its start: waits for ``expect``, then ``settle_s`` more
-    so that an unexpected extra event would be seen too."""
+    """Every event on ``topic`` from its start (those ``keep`` accepts, if given): waits
+    for ``expect``, then ``settle_s`` more so that an unexpected extra would be seen too."""
     deadline = time.monotonic() + timeout_s
     partitions = await topic_partitions(settings, topic, deadline)
     consumer = AIOKafkaConsumer(
@@ -139,7 +140,8 @@ async def read_topic(
             for records in batches.values():
                 for record in records:
                     event = decode(list(record.headers), record.value or b"", data_model)
-                    seen.append((record.key or b"", event))
+                    if keep is None or keep(event):
+                        seen.append((record.key or b"", event))
             if len(seen) >= expect and settle_until is None:
                 settle_until = time.monotonic() + settle_s
             if settle_until is not None and time.monotonic() >= settle_until:

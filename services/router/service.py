@@ -299,6 +299,8 @@ class RouterService:
                 return
             item = stored
         if item["state"] == "queued" and not await self.offer(item):
+            queued = assignment_event(item, AssignmentStatus.QUEUED, None)
+            await self.outbox.add([(self.topics.assignments, item["_id"], queued)])
             log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
         elif item["state"] == "offered":
             # Redelivered after the offer was stored: make sure its event is too.
@@ -492,17 +494,32 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class QueueGauges:
+    depth: Gauge
+    oldest_wait: Gauge
+    agents_online: Gauge
+    agents_load: Gauge
+
+
 @cache
-def queue_gauges() -> tuple[Gauge, Gauge, Gauge]:
-    return (
-        Gauge(
+def queue_gauges() -> QueueGauges:
+    return QueueGauges(
+        depth=Gauge(
             "switchboard_router_queue_depth",
             "Items waiting by queue and priority",
             ["queue", "priority"],
         ),
-        Gauge("switchboard_router_oldest_wait_seconds", "Longest wait in each queue", ["queue"]),
-        Gauge(
+        oldest_wait=Gauge(
+            "switchboard_router_oldest_wait_seconds", "Longest wait in each queue", ["queue"]
+        ),
+        agents_online=Gauge(
             "switchboard_router_agents_online", "Online agents able to serve each queue", ["queue"]
+        ),
+        agents_load=Gauge(
+            "switchboard_router_agents_load",
+            "Items held by the agents able to serve each queue",
+            ["queue"],
         ),
     )
 
@@ -513,12 +530,13 @@ def sla_breaches_counter() -> Counter:
 
 
 def export_queue_gauges(stats: Iterable[QueueStats]) -> None:
-    depth, oldest, online = queue_gauges()
+    gauges = queue_gauges()
     for queue in stats:
         for priority, waiting in queue.waiting.items():
-            depth.labels(queue.name, str(priority)).set(waiting)
-        oldest.labels(queue.name).set(queue.oldest_wait_s)
-        online.labels(queue.name).set(queue.agents_online)
+            gauges.depth.labels(queue.name, str(priority)).set(waiting)
+        gauges.oldest_wait.labels(queue.name).set(queue.oldest_wait_s)
+        gauges.agents_online.labels(queue.name).set(queue.agents_online)
+        gauges.agents_load.labels(queue.name).set(queue.agents_load)
 
 
 def policy_document(spec: PolicyIn, version: int, saved_by: str) -> Document:

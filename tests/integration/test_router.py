@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +58,19 @@ class Router:
         await publish(self.settings.kafka, self.settings.kafka.topics.enriched, events)
 
     async def offers(self, expect: int, settle_s: float = 0.0) -> list[Assignment]:
+        """Assignment events about agents: every one but ``queued``."""
+        return await self.assignments(expect, settle_s, lambda e: e.data.status != "queued")
+
+    async def assignments(
+        self,
+        expect: int,
+        settle_s: float = 0.0,
+        keep: Callable[[CloudEvent[Assignment]], bool] | None = None,
+    ) -> list[Assignment]:
         topic = self.settings.kafka.topics.assignments
-        events = await read_topic(self.settings.kafka, topic, Assignment, expect, settle_s=settle_s)
+        events = await read_topic(
+            self.settings.kafka, topic, Assignment, expect, settle_s=settle_s, keep=keep
+        )
         return [event.data for _, event in events]
 
     async def agent(
@@ -389,6 +400,7 @@ async def test_skills_are_respected_and_do_not_block_the_queue(router: Router) -
     )
     [offer] = await router.offers(1, settle_s=1.0)
     stats = (await router.http.get("/v1/queues", headers=admin_headers())).json()["queues"]
+    metrics = (await router.http.get("/metrics")).text
 
     # The Spanish item, first in line at priority 1, waits for an agent who speaks it.
     assert (offer.interaction_id, offer.agent_id) == (english.interaction.id, generalist)
@@ -398,6 +410,8 @@ async def test_skills_are_respected_and_do_not_block_the_queue(router: Router) -
     assert by_name["spanish"]["agents_online"] == 0
     assert by_name["general"]["offered"] == 1
     assert by_name["general"]["agents_load"] == 1
+    assert 'switchboard_router_queue_depth{priority="1",queue="spanish"} 1.0' in metrics
+    assert 'switchboard_router_agents_load{queue="general"} 1.0' in metrics
 
 
 async def test_an_sla_breach_moves_the_item_to_its_overflow_queue(
@@ -472,3 +486,33 @@ async def test_capacity_a_crashed_replica_reserved_is_given_back(
         [offer] = await router.offers(1, settle_s=0.5)
 
     assert (offer.interaction_id, offer.agent_id) == (item.interaction.id, agent)
+
+
+async def test_an_item_nobody_can_take_yet_is_queued_then_offered(router: Router) -> None:
+    item = enriched()
+    await router.send(item)
+    [queued] = await router.assignments(1)
+    agent = await router.agent()
+    events = await router.assignments(2, settle_s=0.5)
+
+    assert (queued.status, queued.agent_id, queued.queue) == ("queued", None, "general")
+    assert [(e.status, e.agent_id) for e in events] == [("queued", None), ("offered", agent)]
+
+
+async def test_a_released_item_is_requeued_and_offered_again(router: Router) -> None:
+    grace = await router.agent(capacity=1)
+    item = enriched()
+    await router.send(item)
+    await router.offers(1)
+    accepted = await router.act(grace, item.interaction.id, "accept")
+
+    released = await router.act(grace, item.interaction.id, "release")
+    events = await router.offers(4)
+
+    assert accepted.status_code == released.status_code == 200
+    assert [(e.status, e.agent_id, e.offer) for e in events] == [
+        ("offered", grace, 1),
+        ("accepted", grace, 1),
+        ("requeued", grace, 1),
+        ("offered", grace, 2),
+    ]

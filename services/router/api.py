@@ -129,6 +129,16 @@ async def get_item(interaction_id: str, service: Service) -> dict[str, Any]:
     return public(item)
 
 
+@admin.get("/items/{interaction_id}/decision")
+async def item_decision(interaction_id: str, service: Service) -> dict[str, Any]:
+    """Why the item is where it is: the policy version and each rule's result, every
+    offer with each agent and why it was or was not chosen, and every later step."""
+    record = await service.decision_record(interaction_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item")
+    return record
+
+
 async def current_agent(service: Service, credentials: Bearer) -> str:
     if credentials is None:
         raise unauthorized()

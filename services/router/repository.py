@@ -7,6 +7,7 @@ an agent never goes over capacity and an item is never offered twice.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -22,8 +23,10 @@ class RouterRepository:
         self.agents = db["agents"]
         self.items = db["items"]
         self.policies = db["policies"]
+        self.decisions = db["decisions"]
 
     async def ensure_indexes(self) -> None:
+        await self.decisions.create_index("item_id")
         await self.items.create_index(
             [("state", ASCENDING), ("priority", ASCENDING), ("enqueued_at", ASCENDING)]
         )
@@ -75,6 +78,17 @@ class RouterRepository:
 
     async def find_agent_by_token_hash(self, token_hash: str) -> Document | None:
         return await self.agents.find_one({"token_hash": token_hash})
+
+    async def record_step(self, step: Document) -> None:
+        """Store a decision step once; recording it again changes nothing."""
+        with contextlib.suppress(DuplicateKeyError):
+            await self.decisions.insert_one(step)
+
+    async def steps_for(self, item_id: str) -> list[Document]:
+        return await self.decisions.find({"item_id": item_id}).to_list(length=None)
+
+    async def candidate_agents(self, limit: int = 200) -> list[Document]:
+        return await self.agents.find().limit(limit).to_list(length=limit)
 
     async def latest_policy(self) -> Document | None:
         cursor = self.policies.find().sort("_id", DESCENDING).limit(1)

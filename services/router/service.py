@@ -10,13 +10,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError
 
 from services.router.config import RouterSettings
+from services.router.decisions import (
+    offered_step,
+    readable,
+    routed_step,
+    transition_step,
+    waiting_step,
+)
 from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
 from services.router.repository import RouterRepository
 from shared.events import (
@@ -250,6 +257,8 @@ class RouterService:
                 continue
             event = assignment_event(updated, AssignmentStatus.TIMED_OUT, agent_id)
             await self.outbox.add([(self.topics.assignments, item["_id"], event)])
+            why = f"offer {updated['offer']} not accepted in time: back to the queue"
+            await self.repository.record_step(transition_step(updated, "timed_out", agent_id, why))
             log.info("offer timed out", interaction_id=item["_id"], agent_id=agent_id)
             await self.repository.release_agent(agent_id)
             await self.drain()
@@ -268,6 +277,12 @@ class RouterService:
             event = sla_breached_event(item, escalation, now)
             await self.outbox.add([(self.topics.escalations, item["_id"], event)])
             sla_breaches_counter().labels(item["queue"]).inc()
+            why = (
+                f"waited past its SLA: moved to queue {escalation['queue']}"
+                if escalation["queue"] != item["queue"]
+                else f"waited past its SLA: priority {item['priority']} -> {escalation['priority']}"
+            )
+            await self.repository.record_step(transition_step(breached, "sla_breached", None, why))
             log.info("sla breached", interaction_id=item["_id"], **escalation)
         if escalated_any:
             await self.drain()  # an item in its overflow queue may fit other agents
@@ -293,6 +308,7 @@ class RouterService:
     async def accept_item(self, enriched: EnrichedInteraction) -> None:
         decision = self.policy.decide(enriched)
         item = new_item(enriched, decision, self.policy.sla_s(decision.queue, decision.priority))
+        await self.repository.record_step(routed_step(item["_id"], decision))
         if not await self.repository.insert_item(item):
             stored = await self.repository.find_item(item["_id"])
             if stored is None:
@@ -301,6 +317,8 @@ class RouterService:
         if item["state"] == "queued" and not await self.offer(item):
             queued = assignment_event(item, AssignmentStatus.QUEUED, None)
             await self.outbox.add([(self.topics.assignments, item["_id"], queued)])
+            agents = await self.repository.candidate_agents()
+            await self.repository.record_step(waiting_step(item, agents))
             log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
         elif item["state"] == "offered":
             # Redelivered after the offer was stored: make sure its event is too.
@@ -320,6 +338,8 @@ class RouterService:
             await self.repository.release_agent(agent["_id"])
             return True
         await self.publish_offer(offered)
+        agents = await self.repository.candidate_agents()
+        await self.repository.record_step(offered_step(offered, agents, agent))
         log.info(
             "offered",
             interaction_id=offered["_id"],
@@ -370,6 +390,10 @@ class RouterService:
         await self.outbox.add(
             [(self.topics.assignments, item_id, assignment_event(updated, rule.event, agent_id))]
         )
+        why = f"{rule.event.value} by the agent" + (
+            ": back to the queue" if rule.to_state == "queued" else ""
+        )
+        await self.repository.record_step(transition_step(updated, rule.event.value, agent_id, why))
         log.info(action.value, interaction_id=item_id, agent_id=agent_id)
         if rule.frees_agent:
             await self.repository.release_agent(agent_id)
@@ -437,6 +461,12 @@ class RouterService:
 
     async def get_item(self, item_id: str) -> Document | None:
         return await self.repository.find_item(item_id)
+
+    async def decision_record(self, item_id: str) -> dict[str, Any] | None:
+        item = await self.repository.find_item(item_id)
+        if item is None:
+            return None
+        return readable(item, await self.repository.steps_for(item_id))
 
     async def queue_stats(self) -> list[QueueStats]:
         """Depth by priority, oldest wait and breaches per queue; online agents' load."""

@@ -378,7 +378,11 @@ async def test_410_gone_disables_the_subscription_and_it_can_be_enabled_again(
         "endpoint answered 410 Gone",
     )
     assert resumed.json()["enabled"] is True
-    assert [d["id"] for d in since.json()] == [delivered["id"]]
+    assert [d["id"] for d in since.json()] == [delivered["id"]], (
+        since.json(),
+        delivered,
+        cancelled,
+    )
     assert_all_signed(desk, subscription["secret"])
 
 

@@ -516,3 +516,32 @@ async def test_a_released_item_is_requeued_and_offered_again(router: Router) -> 
         ("requeued", grace, 1),
         ("offered", grace, 2),
     ]
+
+
+async def test_the_decision_record_says_why_each_agent_was_or_was_not_chosen(
+    router: Router,
+) -> None:
+    await router.save_policy(SPANISH_POLICY)
+    away = await router.agent(presence="offline", skills=("es",))
+    no_spanish = await router.agent()
+    chosen = await router.agent(skills=("es",))
+    item = enriched(text="hola, my order?")
+    await router.send(item)
+    await router.offers(1)
+    await router.act(chosen, item.interaction.id, "decline")
+    await router.offers(2)  # nobody else speaks Spanish: it waits
+
+    record = (
+        await router.http.get(f"/v1/items/{item.interaction.id}/decision", headers=admin_headers())
+    ).json()
+
+    routed, offered, declined = record["steps"][:3]
+    assert routed["policy_version"] == 2
+    assert [(r["rule"], r["result"]) for r in routed["rules"]] == [("spanish", "matched")]
+    reasons = {c["agent_id"]: c["reason"] for c in offered["candidates"]}
+    assert offered["agent_id"] == chosen
+    assert reasons[chosen].startswith("chosen")
+    assert reasons[away] == "offline"
+    assert reasons[no_spanish] == "missing skill es"
+    assert (declined["step"], declined["agent_id"]) == ("declined", chosen)
+    assert record["summary"][0].startswith("policy v2: rule 'spanish' matched -> queue spanish")

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment lock clean
+.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment asyncapi lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ eval-sentiment: $(STAMP) ## Score the sentiment analyzer on held-out tweets (mac
 
 train-sentiment: $(STAMP) ## Re-train the default sentiment model from ../shared/data
 	$(BIN)/python -m services.enrich.train_sentiment
+
+asyncapi: $(STAMP) ## Regenerate docs/asyncapi.json from the event models
+	$(BIN)/python -m shared.asyncapi > docs/asyncapi.json
 
 lint: $(STAMP) ## ruff and mypy (strict)
 	$(BIN)/ruff check .

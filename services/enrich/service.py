@@ -11,6 +11,7 @@ from functools import cache
 from prometheus_client import Counter, Histogram
 
 from services.enrich.customers import (
+    DEFAULT_TIERS,
     PROSPECT,
     CustomerFields,
     CustomerIn,
@@ -139,7 +140,7 @@ class EnrichService:
         self.analyzer = analyzer
         self.detector = detector or LanguageDetector()
         self.intents = intents or IntentRules()
-        self.tiers = tuple(tiers) or ("platinum", "gold", "silver", "standard", PROSPECT)
+        self.tiers = tuple(tiers) or DEFAULT_TIERS
         self.import_batch = import_batch
         self.metrics = enrich_metrics()
 

@@ -75,6 +75,10 @@ CLOUDEVENT_HEADERS: dict[str, Any] = {
         "ce_type": {"type": "string"},
         "ce_time": {"type": "string", "format": "date-time"},
         "ce_subject": {"type": "string", "description": "The interaction the event is about"},
+        "ce_traceparent": {
+            "type": "string",
+            "description": "W3C trace context: one trace per interaction, ingest to webhook",
+        },
         "content-type": {"type": "string", "const": "application/json"},
     },
 }

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+from shared.tracing import valid_traceparent
 
 INTERACTION_RECEIVED = "io.switchboard.interaction.received.v1"
 INTERACTION_REJECTED = "io.switchboard.interaction.rejected.v1"
@@ -215,7 +217,13 @@ class CloudEvent(BaseModel, Generic[DataT]):
     time: datetime = Field(default_factory=utcnow)
     subject: str | None = None
     datacontenttype: str = "application/json"
+    traceparent: str | None = None  # CloudEvents distributed-tracing extension (W3C)
     data: DataT
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _drop_malformed_traceparent(cls, value: object) -> str | None:
+        return valid_traceparent(value if isinstance(value, str) else None)
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,8 @@ def encode(event: CloudEvent[Any], key: str) -> Record:
     ]
     if event.subject is not None:
         headers.append(("ce_subject", event.subject.encode()))
+    if event.traceparent is not None:
+        headers.append(("ce_traceparent", event.traceparent.encode()))
     return Record(key=key.encode(), value=event.data.model_dump_json().encode(), headers=headers)
 
 

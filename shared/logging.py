@@ -46,10 +46,15 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 
 
 def handling(
-    event_id: str, interaction_id: str, customer_id: str | None = None
+    event_id: str,
+    interaction_id: str,
+    customer_id: str | None = None,
+    trace_id: str | None = None,
 ) -> contextlib.AbstractContextManager[None]:
     """Bind the ids of the event being handled to every log line inside the block."""
     ids = {"event_id": event_id, "interaction_id": interaction_id}
     if customer_id is not None:
         ids["customer_id"] = customer_id
+    if trace_id is not None:
+        ids["trace_id"] = trace_id
     return structlog.contextvars.bound_contextvars(**ids)

@@ -39,6 +39,7 @@ from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
 from shared.topics import Topics
+from shared.tracing import child_of, trace_id
 
 SOURCE = "/switchboard/enrich"
 log = get_logger(__name__)
@@ -420,7 +421,7 @@ class EnrichService:
         """Enrich each interaction and store the enriched events for publishing."""
         entries = []
         for event in received:
-            with handling(event.id, event.data.id):
+            with handling(event.id, event.data.id, trace_id=trace_id(event.traceparent)):
                 started = time.perf_counter()
                 enriched = await self.enrich(event.data)
                 self.metrics.seconds.observe(time.perf_counter() - started)
@@ -524,10 +525,12 @@ def imported_update(row: ImportRow) -> Document:
 def enriched_event(
     received: CloudEvent[Interaction], enriched: EnrichedInteraction
 ) -> CloudEvent[EnrichedInteraction]:
+    event_id = derived_event_id(received.id, INTERACTION_ENRICHED)
     return CloudEvent[EnrichedInteraction](
-        id=derived_event_id(received.id, INTERACTION_ENRICHED),
+        id=event_id,
         source=SOURCE,
         type=INTERACTION_ENRICHED,
         subject=enriched.interaction.id,
+        traceparent=child_of(received.traceparent, event_id),
         data=enriched,
     )

@@ -139,7 +139,8 @@ async def post_interactions(
         return problem(
             429, "body", "over this publisher's rate limit", {"Retry-After": retry_after}
         )
-    outcomes = await service.accept(unpacked.items, publisher)
+    caller = request.headers.get("traceparent")  # W3C trace context, continued if valid
+    outcomes = await service.accept(unpacked.items, publisher, [caller] * len(unpacked.items))
     if unpacked.batch:
         return JSONResponse(status_code=200, content=batch_answer(outcomes))
     return single_answer(outcomes[0])

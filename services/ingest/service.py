@@ -37,6 +37,7 @@ from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
+from shared.tracing import start_trace
 
 SOURCE = "/switchboard/ingest"
 log = get_logger(__name__)
@@ -262,15 +263,24 @@ def author_key(interaction: Interaction) -> str:
     return normalise_identity(interaction.channel, interaction.author.handle)
 
 
-def received_event(interaction: Interaction) -> CloudEvent[Interaction]:
+def received_event(interaction: Interaction, caller: str | None) -> CloudEvent[Interaction]:
+    """The interaction's first event; its trace continues the caller's ``traceparent``."""
     return CloudEvent[Interaction](
         id=interaction.id,
         source=SOURCE,
         type=INTERACTION_RECEIVED,
         subject=interaction.id,
         time=interaction.received_at,
+        traceparent=start_trace(interaction.id, caller),
         data=interaction,
     )
+
+
+def submitted_traceparent(record: RawEvent) -> str | None:
+    """A Kafka-native publisher's trace context, as a CloudEvents or a plain header."""
+    headers = dict(record.headers)
+    raw = headers.get("ce_traceparent") or headers.get("traceparent")
+    return raw.decode(errors="replace") if raw else None
 
 
 class IngestService:
@@ -295,7 +305,10 @@ class IngestService:
         return bucket.take(units)
 
     async def accept(
-        self, items: Sequence[InteractionIn | list[FieldError]], publisher: Publisher
+        self,
+        items: Sequence[InteractionIn | list[FieldError]],
+        publisher: Publisher,
+        traceparents: Sequence[str | None] = (),
     ) -> list[Outcome]:
         """Store each new interaction and its event; a repeat of (source, external_id)
         answers with the original's id and stores nothing new.
@@ -320,19 +333,23 @@ class IngestService:
         originals = await self.repository.find_by_external_ids(
             [(fresh[k][1].source, fresh[k][1].external_id) for k in sorted(repeats)]
         )
-        published: list[Interaction] = []
+        published: list[tuple[Interaction, str | None]] = []
         for k, (position, interaction) in enumerate(fresh):
+            caller = traceparents[position] if position < len(traceparents) else None
             if k not in repeats:
                 outcomes[position] = Outcome("accepted", interaction.id)
-                published.append(interaction)
+                published.append((interaction, caller))
             elif original := originals.get((interaction.source, interaction.external_id)):
                 outcomes[position] = Outcome("duplicate", original.id)
-                published.append(original)
+                published.append((original, caller))
             else:  # erased between the insert and the look-up
                 retry = [{"field": "external_id", "reason": "changed concurrently; send again"}]
                 outcomes[position] = Outcome("rejected", errors=retry)
         await self.outbox.add(
-            [(self.topics.received, author_key(i), received_event(i)) for i in published]
+            [
+                (self.topics.received, author_key(i), received_event(i, caller))
+                for i, caller in published
+            ]
         )
         self._count(publisher, items, outcomes)
         return outcomes
@@ -360,7 +377,8 @@ class IngestService:
         """Take in what Kafka-native publishers sent; what cannot be taken goes to the
         rejected topic with the reasons, so nothing sent vanishes silently."""
         items = [parse_submission(record) for record in records]
-        outcomes = await self.accept(items, KAFKA_PUBLISHER)
+        traceparents = [submitted_traceparent(record) for record in records]
+        outcomes = await self.accept(items, KAFKA_PUBLISHER, traceparents)
         rejected = [
             (
                 self.topics.rejected,

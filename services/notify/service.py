@@ -44,6 +44,7 @@ from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.topics import Topics
+from shared.tracing import child_of, trace_id
 
 SOURCE = "/switchboard/notify"
 log = get_logger(__name__)
@@ -133,6 +134,7 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "subscription_id": subscription["_id"],
         "event_id": event.id,
         "event_type": event.type,
+        "traceparent": child_of(event.traceparent, subscription["_id"]),
         "body": body_for(subscription, event),
         "status": "pending",
         "attempt_count": 0,
@@ -265,6 +267,7 @@ class NotifyService:
                 event_id=delivery["event_id"],
                 delivery_id=delivery["_id"],
                 subscription_id=delivery["subscription_id"],
+                trace_id=trace_id(delivery["traceparent"]),
             )
         if deliveries:
             self.wakeup.set()
@@ -358,6 +361,8 @@ class NotifyService:
         headers = signed_headers(
             signing_secrets(subscription, now), delivery["_id"], now, delivery["body"]
         )
+        if delivery.get("traceparent"):
+            headers["traceparent"] = delivery["traceparent"]
         outcome = await send_attempt(client, target, headers, delivery["body"])
         delivery_metrics().latency_seconds.observe(outcome.latency_ms / 1000)
         return outcome, outcome.error

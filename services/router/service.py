@@ -42,6 +42,7 @@ from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
+from shared.tracing import child_of, trace_id
 
 SOURCE = "/switchboard/router"
 log = get_logger(__name__)
@@ -106,7 +107,9 @@ class PresenceIn(BaseModel):
     presence: Presence
 
 
-def new_item(enriched: EnrichedInteraction, decision: Decision, sla_s: float) -> Document:
+def new_item(
+    enriched: EnrichedInteraction, decision: Decision, sla_s: float, traceparent: str | None
+) -> Document:
     interaction = enriched.interaction
     now = utcnow()
     return {
@@ -117,6 +120,7 @@ def new_item(enriched: EnrichedInteraction, decision: Decision, sla_s: float) ->
         "rule": decision.rule,
         "policy_version": decision.policy_version,
         "required_skills": list(decision.skills),
+        "traceparent": traceparent,
         "offer": 0,
         "agent_id": None,
         "enqueued_at": now,
@@ -159,11 +163,13 @@ def assignment_event(
         policy_version=item.get("policy_version"),
         required_skills=tuple(item.get("required_skills", ())),
     )
+    event_id = derived_event_id(item["_id"], status.value, str(item["offer"]))
     return CloudEvent[Assignment](
-        id=derived_event_id(item["_id"], status.value, str(item["offer"])),
+        id=event_id,
         source=SOURCE,
         type=assignment_type(status),
         subject=item["_id"],
+        traceparent=child_of(item.get("traceparent"), event_id),
         data=assignment,
     )
 
@@ -302,12 +308,16 @@ class RouterService:
         """One at a time, in order: each item's offer depends on the ones before it."""
         for event in events:
             item = event.data
-            with handling(event.id, item.interaction.id, item.customer.id):
-                await self.accept_item(item)
+            trace = trace_id(event.traceparent)
+            with handling(event.id, item.interaction.id, item.customer.id, trace):
+                await self.accept_item(item, event.traceparent)
 
-    async def accept_item(self, enriched: EnrichedInteraction) -> None:
+    async def accept_item(
+        self, enriched: EnrichedInteraction, traceparent: str | None = None
+    ) -> None:
         decision = self.policy.decide(enriched)
-        item = new_item(enriched, decision, self.policy.sla_s(decision.queue, decision.priority))
+        sla_s = self.policy.sla_s(decision.queue, decision.priority)
+        item = new_item(enriched, decision, sla_s, traceparent)
         await self.repository.record_step(routed_step(item["_id"], decision))
         if not await self.repository.insert_item(item):
             stored = await self.repository.find_item(item["_id"])

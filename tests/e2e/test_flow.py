@@ -86,6 +86,9 @@ def system(tmp_path: Path) -> Iterator[System]:
         process.wait()
 
 
+PUBLISHER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
     system: System,
 ) -> None:
@@ -119,7 +122,7 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
                 "author": {"handle": "ADA"},
                 "text": "Three weeks late and nobody answers. Terrible.",
             },
-            headers=system.publisher(),
+            headers={**system.publisher(), "traceparent": PUBLISHER_TRACE},
         )
         assert [r.status_code for r in (customer, agent, subscription, posted)] == [
             201,
@@ -144,6 +147,11 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
         "prospect": False,
     }
     assert json.loads(body)["data"]["sentiment"] == "negative"
+    # One trace from the publisher's request to the desk: same trace id, a later span.
+    _, trace, span, _ = headers["traceparent"].split("-")
+    assert trace == PUBLISHER_TRACE.split("-")[1]
+    assert span != PUBLISHER_TRACE.split("-")[2]
+    assert json.loads(body)["traceparent"].split("-")[1] == trace  # the event's own span
 
     children = children_of(system.process.pid)
     assert len(children) == 7  # broker, store, four services, desk

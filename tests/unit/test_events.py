@@ -15,6 +15,7 @@ from shared.events import (
     utcnow,
 )
 from shared.topics import Topics
+from shared.tracing import child_of, start_trace, trace_id
 
 
 def make_interaction(text: str = "hello") -> Interaction:
@@ -116,3 +117,29 @@ def test_topics_apply_their_prefix() -> None:
 
 def test_topics_without_prefix_use_the_base_names() -> None:
     assert Topics().assignments == "switchboard.assignments.v1"
+
+
+def test_a_child_context_keeps_the_trace_and_is_the_same_when_built_again() -> None:
+    started = start_trace("6f1c6a4e-2f43-4d7c-9a57-3c1b0f2d9e11")
+    child = child_of(started, "event-2")
+
+    assert trace_id(started) == "6f1c6a4e2f434d7c9a573c1b0f2d9e11"
+    assert trace_id(child) == trace_id(started)
+    assert child != started
+    assert child == child_of(started, "event-2")
+    assert start_trace("6f1c6a4e-2f43-4d7c-9a57-3c1b0f2d9e11", "garbage") == started
+
+
+def test_trace_context_travels_as_a_ce_header_and_a_malformed_one_is_dropped() -> None:
+    event = CloudEvent[Interaction](
+        id="e-1", source="/t", type="t", traceparent=TRACE, data=make_interaction()
+    )
+    record = encode(event, "k")
+    bad = [(n, b"00-nope" if n == "ce_traceparent" else v) for n, v in record.headers]
+
+    assert ("ce_traceparent", TRACE.encode()) in record.headers
+    assert decode(record.headers, record.value, Interaction).traceparent == TRACE
+    assert decode(bad, record.value, Interaction).traceparent is None
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

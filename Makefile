@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment asyncapi lock clean
+.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment asyncapi manifests lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ run: $(STAMP) ## Start broker, store, the four services and the sample desk (Ctr
 demo: $(STAMP) ## Register a customer, an agent, a subscription and post a few mentions
 	$(BIN)/switchboard demo
 
-test: $(STAMP) lint ## Lint, type-check and run every test
+test: $(STAMP) lint manifests ## Lint, type-check, validate the manifests and run every test
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(STAMP) ## Unit tests only
@@ -43,6 +43,15 @@ train-sentiment: $(STAMP) ## Re-train the default sentiment model from ../shared
 
 asyncapi: $(STAMP) ## Regenerate docs/asyncapi.json from the event models
 	$(BIN)/python -m shared.asyncapi > docs/asyncapi.json
+
+manifests: $(STAMP) ## Render every deploy/ overlay and validate it against the Kubernetes schemas
+	@mkdir -p build/manifests
+	@for overlay in deploy/overlays/*/; do \
+		name=$$(basename $$overlay); \
+		$(BIN)/kubectl kustomize $$overlay > build/manifests/$$name.yaml || exit 1; \
+		$(BIN)/kubernetes-validate --strict --quiet build/manifests/$$name.yaml || exit 1; \
+		echo "deploy/overlays/$$name: rendered to build/manifests/$$name.yaml and valid"; \
+	done
 
 lint: $(STAMP) ## ruff and mypy (strict)
 	$(BIN)/ruff check .

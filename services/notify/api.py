@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from services.notify.delivery import EndpointRefused
 from services.notify.service import NotifyService, SubscriptionIn
 from shared.http import AdminOnly, app_service, public
+from shared.mongo import epoch_ms
 
 router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
 
@@ -90,9 +91,9 @@ async def list_deliveries(
         for name, value in (("subscription_id", subscription_id), ("status", delivery_status))
         if value is not None
     }
-    created = {op: at for op, at in (("$gte", since), ("$lte", until)) if at is not None}
+    created = {op: epoch_ms(at) for op, at in (("$gte", since), ("$lte", until)) if at is not None}
     if created:
-        filters["created_at"] = created
+        filters["created_ms"] = created
     deliveries = await service.list_deliveries(filters, limit)
     return [public(delivery) for delivery in deliveries]
 

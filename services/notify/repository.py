@@ -22,7 +22,7 @@ class NotifyRepository:
     async def ensure_indexes(self) -> None:
         await self.deliveries.create_index([("status", ASCENDING), ("next_attempt_ms", ASCENDING)])
         await self.deliveries.create_index(
-            [("subscription_id", ASCENDING), ("created_at", ASCENDING)]
+            [("subscription_id", ASCENDING), ("created_ms", ASCENDING)]
         )
 
     async def insert_subscription(self, subscription: Document) -> None:
@@ -109,5 +109,5 @@ class NotifyRepository:
         return await cursor.to_list(None)
 
     async def list_deliveries(self, filters: dict[str, Any], limit: int) -> list[Document]:
-        cursor = self.deliveries.find(filters).sort("created_at", ASCENDING).limit(limit)
+        cursor = self.deliveries.find(filters).sort("created_ms", ASCENDING).limit(limit)
         return await cursor.to_list(length=limit)

@@ -142,6 +142,9 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "last_attempt": None,
         "next_attempt_ms": epoch_ms(now),
         "created_at": now,
+        # Compared and sorted by this: the embedded store may keep an updated document's
+        # datetimes as text, which no longer compares as a time.
+        "created_ms": epoch_ms(now),
     }
 
 
@@ -242,7 +245,8 @@ class NotifyService:
     async def replay_dead(self, since: datetime, until: datetime, limit: int) -> int:
         """Replay every dead delivery created in [since, until], at most ``limit``."""
         dead = await self.repository.list_deliveries(
-            {"status": "dead", "created_at": {"$gte": since, "$lte": until}}, limit
+            {"status": "dead", "created_ms": {"$gte": epoch_ms(since), "$lte": epoch_ms(until)}},
+            limit,
         )
         replayed = [d for d in dead if await self.repository.replay(d["_id"], utcnow())]
         if replayed:

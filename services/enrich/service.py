@@ -314,10 +314,8 @@ class EnrichService:
         )
         claimable = await self.claimable_rows(rows, existing, held, report)
         new = [self.imported_profile(row) for _, row in claimable if row.crm_id not in existing]
-        updates = [
-            (existing[row.crm_id]["_id"], imported_update(row))
-            for _, row in claimable
-            if row.crm_id in existing
+        updated = [
+            (existing[row.crm_id]["_id"], row) for _, row in claimable if row.crm_id in existing
         ]
         failed = await self.repository.claim_crm_ids([(doc["crm_id"], doc["_id"]) for doc in new])
         for line, row in claimable:  # another import inserted the same CRM id meanwhile
@@ -326,27 +324,25 @@ class EnrichService:
         new = [doc for doc in new if doc["crm_id"] not in failed]
         claimable = [(line, row) for line, row in claimable if row.crm_id not in failed]
         await self.repository.insert_many(new)
-        await self.repository.update_many(updates)
-        await self.repository.reindex_emails(
-            [(e, doc["_id"]) for doc in new for e in doc.get("emails", [])]
-            + [
-                (e, existing[row.crm_id]["_id"])
-                for _, row in claimable
-                if row.crm_id in existing
-                for e in row.emails
-            ],
-            [
-                existing[row.crm_id]["_id"]
-                for _, row in claimable
-                if row.crm_id in existing and "emails" in row.model_fields_set
-            ],
-        )
+        await self.repository.update_many([(cid, imported_update(row)) for cid, row in updated])
+        await self.remember_emails(new, updated)
         report.imported += len(new)
-        report.updated += len(updates)
+        report.updated += len(updated)
         owners = {doc["crm_id"]: doc["_id"] for doc in new} | {
             crm_id: doc["_id"] for crm_id, doc in existing.items()
         }
         await self.claim_imported(claimable, owners, held, report)
+
+    async def remember_emails(
+        self, new: list[Document], updated: list[tuple[str, ImportRow]]
+    ) -> None:
+        """Index new profiles' emails; replace those of updated ones whose row sent some."""
+        replaced = [(cid, row) for cid, row in updated if "emails" in row.model_fields_set]
+        await self.repository.reindex_emails(
+            [(email, doc["_id"]) for doc in new for email in doc.get("emails", [])]
+            + [(email, cid) for cid, row in replaced for email in row.emails],
+            [cid for cid, _ in replaced],
+        )
 
     async def claimable_rows(
         self,

@@ -366,6 +366,10 @@ async def test_a_csv_import_upserts_by_crm_id_and_reports_bad_lines(enrich: Enri
     assert "tier" in body["problems"][0]["reason"]
     assert "crm_id" in body["problems"][1]["reason"]
     assert "twitter:ada_l" in body["problems"][2]["reason"]
+    by_email = await enrich.http.get(
+        "/v1/customers", params={"email": "ada@example.com"}, headers=admin_headers()
+    )
+    assert [c["id"] for c in by_email.json()["customers"]] == [ada["id"]]  # kept: no cell
     assert (ada["name"], ada["value"], ada["crm_id"]) == ("Ada King", 15000, "c1")
     assert ada["identities"] == ["instagram:ada.l", "twitter:ada_l"]
     assert grace["tags"] == ["note with\na line break"]

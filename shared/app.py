@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared import kafka, mongo
-from shared.http import ReadinessCheck, add_health_routes, install_error_handlers
+from shared.http import BodyLimit, ReadinessCheck, add_health_routes, install_error_handlers
 from shared.logging import configure_logging, get_logger
 from shared.metrics import ServiceMetrics, metrics_endpoint, service_metrics
 from shared.outbox import Outbox, OutboxRelay
@@ -80,6 +80,7 @@ def service_app(
     startup: Sequence[StartupStep] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     extra_checks: Sequence[ReadinessCheck] = (),
+    streamed: Sequence[str] = (),
 ) -> FastAPI:
     """A service's FastAPI app with health, metrics, errors and a lifespan that runs it all."""
 
@@ -102,6 +103,7 @@ def service_app(
             log.info("service stopped", service=runtime.name)
 
     app = FastAPI(title=f"Switchboard {runtime.name}", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes, streamed=streamed)
     app.state.runtime = runtime
     app.state.admin_token = runtime.settings.auth.admin_token
     install_error_handlers(app)

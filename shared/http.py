@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import get_logger
 
@@ -109,6 +110,49 @@ def add_health_routes(app: FastAPI, checks: Sequence[ReadinessCheck]) -> None:
                 status_code=503, content={"status": "not ready", "reasons": reasons}
             )
         return JSONResponse(content={"status": "ready"})
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is a 413 naming the body, never
+    read into memory. Paths ending in one of ``streamed`` read their own bodies under
+    their own limits (bulk imports)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: Sequence[str] = ()) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.streamed = tuple(streamed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope["path"]).endswith(self.streamed):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self.too_large(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:  # a body without a declared length: read up to the limit, no further
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self.too_large(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reason = f"larger than {self.max_bytes} bytes"
+        response = JSONResponse(
+            status_code=413, content={"detail": [{"field": "body", "reason": reason}]}
+        )
+        await response(scope, receive, send)
 
 
 class Server:

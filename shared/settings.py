@@ -81,6 +81,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     # Scratch space for the stream processor (no state of record lives here).
     data_dir: Path = Path(".switchboard/run")
+    # Largest request body any route takes (bulk imports set their own, larger, limit).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     mongo: MongoSettings = Field(default_factory=MongoSettings)

@@ -27,7 +27,9 @@ def create_app(settings: EnrichSettings) -> FastAPI:
     runtime.consume(
         settings.kafka.topics.received, stream.received_handler(service, runtime.metrics)
     )
-    app = service_app(runtime, [api.router], startup=[repository.ensure_indexes])
+    app = service_app(
+        runtime, [api.router], startup=[repository.ensure_indexes], streamed=[":import"]
+    )
     app.state.service = service
     app.state.max_import_bytes = settings.max_import_bytes
     return app

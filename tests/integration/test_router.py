@@ -545,3 +545,22 @@ async def test_the_decision_record_says_why_each_agent_was_or_was_not_chosen(
     assert reasons[no_spanish] == "missing skill es"
     assert (declined["step"], declined["agent_id"]) == ("declined", chosen)
     assert record["summary"][0].startswith("policy v2: rule 'spanish' matched -> queue spanish")
+
+
+async def test_a_body_over_the_limit_is_refused_unread_whether_declared_or_streamed(
+    router: Router,
+) -> None:
+    huge = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+        for start in range(0, len(huge), 64 * 1024):
+            yield huge[start : start + 64 * 1024]
+
+    declared = await router.http.post("/v1/agents", content=huge, headers=admin_headers())
+    streamed = await router.http.post("/v1/agents", content=chunks(), headers=admin_headers())
+    small = await router.http.post("/v1/agents", json={"name": "Grace"}, headers=admin_headers())
+
+    for answer in (declared, streamed):
+        assert answer.status_code == 413
+        assert answer.json()["detail"][0]["field"] == "body"
+    assert small.status_code == 201

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from shared import topics
 from shared.events import (
+    DELIVERY_ATTEMPTED,
     DELIVERY_DEAD,
     INTERACTION_ENRICHED,
     INTERACTION_RECEIVED,
@@ -24,6 +25,7 @@ from shared.events import (
     Assignment,
     AssignmentStatus,
     DeadDelivery,
+    DeliveryAttempt,
     EnrichedInteraction,
     Interaction,
     RejectedSubmission,
@@ -62,6 +64,10 @@ CHANNELS: dict[str, tuple[str, dict[str, type[BaseModel] | None]]] = {
     topics.DELIVERIES_DEAD: (
         "Webhook deliveries that used up their retry schedule.",
         {DELIVERY_DEAD: DeadDelivery},
+    ),
+    topics.DELIVERIES: (
+        "Every webhook attempt and what it led to, keyed by interaction.",
+        {DELIVERY_ATTEMPTED: DeliveryAttempt},
     ),
 }
 

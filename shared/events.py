@@ -25,6 +25,7 @@ INTERACTION_REJECTED = "io.switchboard.interaction.rejected.v1"
 INTERACTION_ENRICHED = "io.switchboard.interaction.enriched.v1"
 ASSIGNMENT_PREFIX = "io.switchboard.assignment."
 DELIVERY_DEAD = "io.switchboard.delivery.dead.v1"
+DELIVERY_ATTEMPTED = "io.switchboard.delivery.attempted.v1"
 SLA_BREACHED = "io.switchboard.sla.breached.v1"
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c6a4e-2f43-4d7c-9a57-3c1b0f2d9e11")
@@ -200,6 +201,21 @@ class DeadDelivery(Model):
     attempts: int
     last_status: int | None = None
     last_error: str | None = None
+
+
+class DeliveryAttempt(Model):
+    """One attempt at one webhook delivery, and what it led to."""
+
+    delivery_id: str
+    subscription_id: str
+    interaction_id: str | None = None
+    event_id: str
+    event_type: str
+    attempt: int = Field(ge=1)
+    outcome: Literal["delivered", "retry", "dead", "gone"]
+    status_code: int | None = None
+    error: str | None = None
+    at: datetime
 
 
 DataT = TypeVar("DataT", bound=BaseModel)

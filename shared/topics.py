@@ -13,6 +13,7 @@ INTERACTIONS_ENRICHED = "switchboard.interactions.enriched.v1"
 ASSIGNMENTS = "switchboard.assignments.v1"
 ESCALATIONS = "switchboard.escalations.v1"
 DELIVERIES_DEAD = "switchboard.deliveries.dead.v1"
+DELIVERIES = "switchboard.deliveries.v1"
 
 ALL = (
     INTERACTIONS_SUBMITTED,
@@ -22,6 +23,7 @@ ALL = (
     ASSIGNMENTS,
     ESCALATIONS,
     DELIVERIES_DEAD,
+    DELIVERIES,
 )
 
 
@@ -63,6 +65,11 @@ class Topics:
     @property
     def deliveries_dead(self) -> str:
         return self.name(DELIVERIES_DEAD)
+
+    @property
+    def deliveries(self) -> str:
+        """Every webhook attempt and its outcome, keyed by interaction."""
+        return self.name(DELIVERIES)
 
     def all(self) -> list[str]:
         return [self.name(base) for base in ALL]

@@ -180,6 +180,17 @@ async def get_interaction(
     return found
 
 
+@router.get("/interactions/{interaction_id}/journey", dependencies=[AdminOnly])
+async def get_journey(interaction_id: str, service: Service) -> dict[str, Any]:
+    """The interaction's path with times and trace ids: accepted, published, enriched
+    (customer, tier, sentiment), queued, offered, accepted, resolved, and every webhook
+    attempt. Built from the events the services publish."""
+    found = await service.journey(interaction_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such interaction")
+    return found
+
+
 class PublisherIn(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     channels: list[Channel] | None = Field(default=None, max_length=32)

@@ -5,9 +5,17 @@ from fastapi import FastAPI
 from services.ingest import api, stream
 from services.ingest.config import IngestSettings
 from services.ingest.feeds import FeedPoller
+from services.ingest.journey import (
+    JourneyLog,
+    assignment_step,
+    delivery_step,
+    enriched_step,
+    journey_handler,
+)
 from services.ingest.repository import IngestRepository
 from services.ingest.service import IngestService
 from shared.app import Runtime, service_app
+from shared.events import Assignment, DeliveryAttempt, EnrichedInteraction
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
@@ -19,10 +27,26 @@ def create_app(settings: IngestSettings) -> FastAPI:
         settings.kafka.topics,
         (settings.rate_limit_per_s, settings.rate_limit_burst),
     )
-    runtime.consume(settings.kafka.topics.submitted, stream.submitted_handler(service))
+    topics = settings.kafka.topics
+    runtime.consume(topics.submitted, stream.submitted_handler(service))
+    journeys = JourneyLog(runtime.db)
+    metrics = runtime.metrics
+    runtime.consume(
+        topics.enriched, journey_handler(EnrichedInteraction, enriched_step, journeys, metrics)
+    )
+    runtime.consume(
+        topics.assignments, journey_handler(Assignment, assignment_step, journeys, metrics)
+    )
+    runtime.consume(
+        topics.deliveries, journey_handler(DeliveryAttempt, delivery_step, journeys, metrics)
+    )
+    service.journeys = journeys
     poller = FeedPoller(repository, service)
     app = service_app(
-        runtime, [api.router], startup=[repository.ensure_indexes], background=[poller.run]
+        runtime,
+        [api.router],
+        startup=[repository.ensure_indexes, journeys.ensure_indexes],
+        background=[poller.run],
     )
     app.state.service = service
     return app

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError
 
+from services.ingest.journey import JourneyLog, journey
 from services.ingest.repository import IngestRepository
 from shared.events import (
     INTERACTION_RECEIVED,
@@ -296,6 +297,7 @@ class IngestService:
         self.topics = topics
         self.rate_limit = rate_limit
         self.buckets: dict[str, TokenBucket] = {}
+        self.journeys: JourneyLog | None = None  # the read model, when the app consumes it
 
     def throttle(self, publisher: Publisher, units: int) -> float:
         """Seconds the publisher must wait before sending ``units`` interactions; 0 if none."""
@@ -389,6 +391,14 @@ class IngestService:
             if o.status in ("rejected", "forbidden")
         ]
         await self.outbox.add(rejected)
+
+    async def journey(self, interaction_id: str) -> Document | None:
+        """Every step of the interaction's way, from acceptance to each webhook attempt."""
+        stored = await self.repository.find_interaction(interaction_id)
+        if stored is None or self.journeys is None:
+            return None
+        published = await self.outbox.find(interaction_id)
+        return journey(stored, published, await self.journeys.steps_of(interaction_id))
 
     async def get(self, interaction_id: str) -> Document | None:
         """What ingest knows of an interaction: it, when it was stored and when published."""

@@ -33,10 +33,12 @@ from services.notify.delivery import attempt as send_attempt
 from services.notify.isolation import Endpoints, endpoint_key
 from services.notify.repository import NotifyRepository
 from shared.events import (
+    DELIVERY_ATTEMPTED,
     DELIVERY_DEAD,
     Assignment,
     CloudEvent,
     DeadDelivery,
+    DeliveryAttempt,
     derived_event_id,
     utcnow,
 )
@@ -48,6 +50,7 @@ from shared.tracing import child_of, trace_id
 
 SOURCE = "/switchboard/notify"
 log = get_logger(__name__)
+AttemptOutcome = Literal["delivered", "retry", "dead", "gone"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
         "subscription_id": subscription["_id"],
         "event_id": event.id,
         "event_type": event.type,
+        "interaction_id": event.data.interaction_id,
         "traceparent": child_of(event.traceparent, subscription["_id"]),
         "body": body_for(subscription, event),
         "status": "pending",
@@ -371,6 +375,14 @@ class NotifyService:
         delivery_metrics().latency_seconds.observe(outcome.latency_ms / 1000)
         return outcome, outcome.error
 
+    async def announce(
+        self, delivery: Document, record: dict[str, Any], attempt: int, outcome: AttemptOutcome
+    ) -> None:
+        """Publish the attempt on the deliveries topic (for journeys and audits)."""
+        key = delivery.get("interaction_id") or delivery["_id"]
+        event = attempted_event(delivery, record, attempt, outcome)
+        await self.outbox.add([(self.topics.deliveries, key, event)])
+
     async def _settle(
         self,
         delivery: Document,
@@ -391,6 +403,7 @@ class NotifyService:
         counter = delivery_metrics().attempts
         if outcome is not None and outcome.ok:
             counter.labels(outcome="delivered").inc()
+            await self.announce(delivery, record, attempts_made, "delivered")
             await self.repository.record_attempt(
                 delivery["_id"],
                 attempts_made,
@@ -400,6 +413,7 @@ class NotifyService:
             return
         if outcome is not None and outcome.gone:
             counter.labels(outcome="gone").inc()
+            await self.announce(delivery, record, attempts_made, "gone")
             await self.repository.disable_subscription(
                 subscription["_id"], "endpoint answered 410 Gone"
             )
@@ -414,6 +428,7 @@ class NotifyService:
         )
         if delay is None:
             counter.labels(outcome="dead").inc()
+            await self.announce(delivery, record, attempts_made, "dead")
             await self.repository.record_attempt(
                 delivery["_id"], attempts_made, record, {"status": "dead"}
             )
@@ -428,10 +443,36 @@ class NotifyService:
             )
             return
         counter.labels(outcome="retry").inc()
+        await self.announce(delivery, record, attempts_made, "retry")
         retry_at: datetime = record["at"] + timedelta(seconds=delay)
         await self.repository.record_attempt(
             delivery["_id"], attempts_made, record, {"next_attempt_ms": epoch_ms(retry_at)}
         )
+
+
+def attempted_event(
+    delivery: Document, record: dict[str, Any], attempt: int, outcome: AttemptOutcome
+) -> CloudEvent[DeliveryAttempt]:
+    event_id = derived_event_id(delivery["_id"], DELIVERY_ATTEMPTED, str(attempt))
+    return CloudEvent[DeliveryAttempt](
+        id=event_id,
+        source=SOURCE,
+        type=DELIVERY_ATTEMPTED,
+        subject=delivery.get("interaction_id"),
+        traceparent=child_of(delivery.get("traceparent"), event_id),
+        data=DeliveryAttempt(
+            delivery_id=delivery["_id"],
+            subscription_id=delivery["subscription_id"],
+            interaction_id=delivery.get("interaction_id"),
+            event_id=delivery["event_id"],
+            event_type=delivery["event_type"],
+            attempt=attempt,
+            outcome=outcome,
+            status_code=record["status_code"],
+            error=record["error"],
+            at=record["at"],
+        ),
+    )
 
 
 def dead_event(delivery: Document, last: dict[str, Any], attempts: int) -> CloudEvent[DeadDelivery]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,6 +134,14 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
 
         await eventually(lambda: at_least(desk.received, 1), timeout_s=60)
         await asyncio.sleep(2.0)  # time for a wrong second delivery to show up
+        journey_url = f"{local.url('ingest')}/v1/interactions/{posted.json()['id']}/journey"
+
+        async def delivered_journey() -> dict[str, Any] | None:
+            body = (await http.get(journey_url, headers=system.admin())).json()
+            steps = [step["step"] for step in body.get("steps", [])]
+            return body if "webhook delivered" in steps else None
+
+        journey = await eventually(delivered_journey, timeout_s=30)
 
     [(headers, body)] = desk.received
     event = Webhook(subscription.json()["secret"]).verify(body, headers)
@@ -152,6 +161,16 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
     assert trace == PUBLISHER_TRACE.split("-")[1]
     assert span != PUBLISHER_TRACE.split("-")[2]
     assert json.loads(body)["traceparent"].split("-")[1] == trace  # the event's own span
+    # The journey lists every step in order, all under the trace the desk received.
+    assert [step["step"] for step in journey["steps"]] == [
+        "accepted",
+        "published",
+        "enriched",
+        "offered",
+        "webhook delivered",
+    ]
+    assert journey["trace_ids"] == [trace]
+    assert journey["steps"][2]["tier"] == "platinum"
 
     children = children_of(system.process.pid)
     assert len(children) == 7  # broker, store, four services, desk

@@ -1,0 +1,150 @@
+"""Each interaction's journey, ingest to webhook: a read model fed by the topics.
+
+Ingest consumes the events the other services already publish (enriched, assignments,
+deliveries) and keeps one step per event, keyed by the event id, so a redelivered
+event changes nothing. No service reads another's database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInteraction
+from shared.kafka import BatchHandler, decoded
+from shared.metrics import ServiceMetrics
+from shared.mongo import Document, epoch_ms, only_duplicates
+from shared.tracing import trace_id
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class JourneyLog:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.steps = db["journey"]
+
+    async def ensure_indexes(self) -> None:
+        await self.steps.create_index("interaction_id")
+
+    async def record(self, steps: Sequence[Document]) -> None:
+        if not steps:
+            return
+        try:
+            await self.steps.insert_many(list(steps), ordered=False)
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
+
+    async def steps_of(self, interaction_id: str) -> list[Document]:
+        return await self.steps.find({"interaction_id": interaction_id}).to_list(length=None)
+
+
+def step(
+    event: CloudEvent[Any], interaction_id: str, at: datetime, name: str, **details: Any
+) -> Document:
+    return {
+        "_id": event.id,
+        "interaction_id": interaction_id,
+        "at_ms": epoch_ms(at),
+        "at": at.isoformat(),
+        "step": name,
+        "trace_id": trace_id(event.traceparent),
+        **details,
+    }
+
+
+def enriched_step(event: CloudEvent[EnrichedInteraction]) -> Document:
+    item = event.data
+    return step(
+        event,
+        item.interaction.id,
+        event.time,
+        "enriched",
+        customer_id=item.customer.id,
+        tier=item.customer.tier,
+        sentiment=item.sentiment.label,
+        language=item.language,
+    )
+
+
+def assignment_step(event: CloudEvent[Assignment]) -> Document:
+    item = event.data
+    return step(
+        event,
+        item.interaction_id,
+        event.time,
+        item.status.value,
+        queue=item.queue,
+        priority=item.priority,
+        agent_id=item.agent_id,
+        offer=item.offer,
+    )
+
+
+def delivery_step(event: CloudEvent[DeliveryAttempt]) -> Document | None:
+    attempt = event.data
+    if attempt.interaction_id is None:
+        return None
+    return step(
+        event,
+        attempt.interaction_id,
+        attempt.at,
+        f"webhook {attempt.outcome}",
+        delivery_id=attempt.delivery_id,
+        subscription_id=attempt.subscription_id,
+        attempt=attempt.attempt,
+        status_code=attempt.status_code,
+    )
+
+
+def journey_handler(
+    model: type[DataT],
+    to_step: Callable[[CloudEvent[DataT]], Document | None],
+    log: JourneyLog,
+    metrics: ServiceMetrics,
+) -> BatchHandler:
+    async def record(events: Sequence[CloudEvent[DataT]]) -> None:
+        await log.record([s for s in map(to_step, events) if s is not None])
+
+    return decoded(model, record, metrics)
+
+
+def first_steps(stored: Document, published: Document | None) -> list[Document]:
+    """What ingest itself did: accepted the interaction, published its event."""
+    trace = trace_id(traceparent_of(published))
+    steps = [_own_step("accepted", stored.get("stored_at"), trace)]
+    if published is not None and published.get("published_at"):
+        steps.append(_own_step("published", published["published_at"], trace))
+    return [s for s in steps if s is not None]
+
+
+def traceparent_of(entry: Document | None) -> str | None:
+    """The trace context the interaction's first event went out with."""
+    for name, value in (entry or {}).get("headers", []):
+        if name == "ce_traceparent":
+            return bytes(value).decode()
+    return None
+
+
+def _own_step(name: str, at: datetime | str | None, trace: str | None) -> Document | None:
+    if at is None:
+        return None
+    when = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return {"at_ms": epoch_ms(when), "at": when.isoformat(), "step": name, "trace_id": trace}
+
+
+def journey(stored: Document, published: Document | None, steps: list[Document]) -> Document:
+    ordered = [*first_steps(stored, published), *sorted(steps, key=lambda s: s["at_ms"])]
+    return {
+        "interaction_id": stored["_id"],
+        "trace_ids": sorted({s["trace_id"] for s in ordered if s.get("trace_id")}),
+        "steps": [
+            {k: v for k, v in s.items() if k not in ("_id", "interaction_id", "at_ms")}
+            for s in ordered
+        ],
+    }

@@ -27,6 +27,7 @@ from shared.logging import configure_logging, get_logger
 from shared.metrics import ServiceMetrics, metrics_endpoint, service_metrics
 from shared.outbox import Outbox, OutboxRelay
 from shared.settings import ServiceSettings
+from shared.tracing import Spans
 
 log = get_logger(__name__)
 
@@ -43,6 +44,7 @@ class Runtime:
     db: AsyncDatabase[mongo.Document]
     outbox: Outbox
     metrics: ServiceMetrics
+    spans: Spans = field(default_factory=Spans)
     stream: faust.App | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -50,7 +52,8 @@ class Runtime:
     def create(cls, name: str, settings: ServiceSettings) -> Runtime:
         client = mongo.connect(settings.mongo)
         db = client[settings.mongo.database(name)]
-        return cls(name, settings, client, db, Outbox(db), service_metrics(name))
+        spans = Spans.create(name, settings.tracing.otlp_endpoint)
+        return cls(name, settings, client, db, Outbox(db), service_metrics(name), spans)
 
     def consume(self, topic: str, handler: kafka.BatchHandler) -> None:
         """Feed ``topic`` to ``handler`` in batches, through this service's Faust app."""
@@ -100,6 +103,7 @@ def service_app(
         finally:
             await _cancel(runtime.tasks)
             await runtime.client.close()
+            runtime.spans.shutdown()
             log.info("service stopped", service=runtime.name)
 
     app = FastAPI(title=f"Switchboard {runtime.name}", lifespan=lifespan)

@@ -61,6 +61,13 @@ class LogSettings(BaseSettings):
     json_output: bool | None = None  # None: JSON unless writing to a terminal
 
 
+class TracingSettings(BaseSettings):
+    model_config = _config("SWITCHBOARD_TRACING_")
+
+    # OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces); unset: off.
+    otlp_endpoint: str | None = None
+
+
 class AuthSettings(BaseSettings):
     model_config = _config("SWITCHBOARD_AUTH_")
 
@@ -87,3 +94,4 @@ class ServiceSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     mongo: MongoSettings = Field(default_factory=MongoSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)

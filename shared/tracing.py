@@ -8,9 +8,19 @@ event ids, so an event built again (a redelivery) carries the very same context.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -50,3 +60,45 @@ def child_of(traceparent: str | None, event_id: str) -> str | None:
 def _child(parent: str, event_id: str) -> str:
     _, trace, span, flags = parent.split("-")
     return f"00-{trace}-{_span_id(trace, span, event_id)}-{flags}"
+
+
+class Spans:
+    """OpenTelemetry spans for the work each service does, exported over OTLP/HTTP when
+    ``SWITCHBOARD_TRACING_OTLP_ENDPOINT`` is set, and nothing at all when it is not.
+
+    Each span's parent is the context the event carried, so exported spans join the
+    interaction's trace (their parents are the events' own spans, which are contexts,
+    not exported spans)."""
+
+    def __init__(self, tracer: Tracer | None = None, provider: TracerProvider | None = None):
+        self.tracer = tracer
+        self.provider = provider
+
+    @classmethod
+    def create(cls, service: str, otlp_endpoint: str | None) -> Spans:
+        if not otlp_endpoint:
+            return cls()
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": f"switchboard-{service}"})
+        )
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        return cls(provider.get_tracer("switchboard"), provider)
+
+    @contextlib.contextmanager
+    def span(self, name: str, traceparent: str | None, **attributes: Any) -> Iterator[None]:
+        if self.tracer is None:
+            yield
+            return
+        parent = valid_traceparent(traceparent)
+        context = (
+            TraceContextTextMapPropagator().extract({"traceparent": parent}) if parent else None
+        )
+        with self.tracer.start_as_current_span(
+            name, context=context, kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            yield
+
+    def shutdown(self) -> None:
+        """Export what is still buffered."""
+        if self.provider is not None:
+            self.provider.shutdown()

@@ -30,6 +30,7 @@ def create_app(settings: EnrichSettings) -> FastAPI:
     app = service_app(
         runtime, [api.router], startup=[repository.ensure_indexes], streamed=[":import"]
     )
+    service.spans = runtime.spans
     app.state.service = service
     app.state.max_import_bytes = settings.max_import_bytes
     return app

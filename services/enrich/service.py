@@ -39,7 +39,7 @@ from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
 from shared.topics import Topics
-from shared.tracing import child_of, trace_id
+from shared.tracing import Spans, child_of, trace_id
 
 SOURCE = "/switchboard/enrich"
 log = get_logger(__name__)
@@ -123,6 +123,8 @@ def merged_profile(survivor: Document, other: Document) -> Document:
 
 
 class EnrichService:
+    spans = Spans()  # main sets the service's own, exporting when tracing is on
+
     def __init__(
         self,
         repository: EnrichRepository,
@@ -417,7 +419,10 @@ class EnrichService:
         """Enrich each interaction and store the enriched events for publishing."""
         entries = []
         for event in received:
-            with handling(event.id, event.data.id, trace_id=trace_id(event.traceparent)):
+            with (
+                handling(event.id, event.data.id, trace_id=trace_id(event.traceparent)),
+                self.spans.span("enrich", event.traceparent, interaction_id=event.data.id),
+            ):
                 started = time.perf_counter()
                 enriched = await self.enrich(event.data)
                 self.metrics.seconds.observe(time.perf_counter() - started)

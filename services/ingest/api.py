@@ -140,7 +140,8 @@ async def post_interactions(
             429, "body", "over this publisher's rate limit", {"Retry-After": retry_after}
         )
     caller = request.headers.get("traceparent")  # W3C trace context, continued if valid
-    outcomes = await service.accept(unpacked.items, publisher, [caller] * len(unpacked.items))
+    with service.spans.span("accept interactions", caller, count=len(unpacked.items)):
+        outcomes = await service.accept(unpacked.items, publisher, [caller] * len(unpacked.items))
     if unpacked.batch:
         return JSONResponse(status_code=200, content=batch_answer(outcomes))
     return single_answer(outcomes[0])

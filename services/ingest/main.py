@@ -48,5 +48,6 @@ def create_app(settings: IngestSettings) -> FastAPI:
         startup=[repository.ensure_indexes, journeys.ensure_indexes],
         background=[poller.run],
     )
+    service.spans = runtime.spans
     app.state.service = service
     return app

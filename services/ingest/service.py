@@ -38,7 +38,7 @@ from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
-from shared.tracing import start_trace
+from shared.tracing import Spans, start_trace
 
 SOURCE = "/switchboard/ingest"
 log = get_logger(__name__)
@@ -285,6 +285,8 @@ def submitted_traceparent(record: RawEvent) -> str | None:
 
 
 class IngestService:
+    spans = Spans()  # main sets the service's own, exporting when tracing is on
+
     def __init__(
         self,
         repository: IngestRepository,

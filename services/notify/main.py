@@ -22,5 +22,6 @@ def create_app(settings: NotifySettings) -> FastAPI:
         startup=[repository.ensure_indexes],
         background=[service.dispatch_forever],
     )
+    service.spans = runtime.spans
     app.state.service = service
     return app

@@ -46,7 +46,7 @@ from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.topics import Topics
-from shared.tracing import child_of, trace_id
+from shared.tracing import Spans, child_of, trace_id
 
 SOURCE = "/switchboard/notify"
 log = get_logger(__name__)
@@ -173,6 +173,8 @@ def next_delay(
 
 
 class NotifyService:
+    spans = Spans()  # main sets the service's own, exporting when tracing is on
+
     def __init__(
         self,
         repository: NotifyRepository,
@@ -371,7 +373,8 @@ class NotifyService:
         )
         if delivery.get("traceparent"):
             headers["traceparent"] = delivery["traceparent"]
-        outcome = await send_attempt(client, target, headers, delivery["body"])
+        with self.spans.span("webhook attempt", delivery.get("traceparent"), url=target.host):
+            outcome = await send_attempt(client, target, headers, delivery["body"])
         delivery_metrics().latency_seconds.observe(outcome.latency_ms / 1000)
         return outcome, outcome.error
 

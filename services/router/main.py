@@ -22,5 +22,6 @@ def create_app(settings: RouterSettings) -> FastAPI:
         startup=[repository.ensure_indexes, service.load_policy],
         background=[service.run_timers, service.report_queues],
     )
+    service.spans = runtime.spans
     app.state.service = service
     return app

@@ -42,7 +42,7 @@ from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
-from shared.tracing import child_of, trace_id
+from shared.tracing import Spans, child_of, trace_id
 
 SOURCE = "/switchboard/router"
 log = get_logger(__name__)
@@ -195,6 +195,8 @@ def sla_breached_event(item: Document, escalated: Document, now: datetime) -> Cl
 
 
 class RouterService:
+    spans = Spans()  # main sets the service's own, exporting when tracing is on
+
     def __init__(
         self,
         repository: RouterRepository,
@@ -309,7 +311,10 @@ class RouterService:
         for event in events:
             item = event.data
             trace = trace_id(event.traceparent)
-            with handling(event.id, item.interaction.id, item.customer.id, trace):
+            with (
+                handling(event.id, item.interaction.id, item.customer.id, trace),
+                self.spans.span("route", event.traceparent, interaction_id=item.interaction.id),
+            ):
                 await self.accept_item(item, event.traceparent)
 
     async def accept_item(

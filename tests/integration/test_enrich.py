@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -27,11 +28,14 @@ from shared.events import (
     utcnow,
 )
 from shared.identity import normalise_identity
+from shared.settings import TracingSettings
+from shared.tracing import start_trace, trace_id
 from tests.support import (
     admin_headers,
     client_of,
     publish,
     read_topic,
+    receiving,
     service_settings,
 )
 
@@ -410,3 +414,38 @@ async def test_an_import_of_100k_rows_reports_correctly_in_bounded_memory(
     await enrich.send(interaction("@C99999"))
     [result] = await enrich.enriched(1)
     assert result.customer.tier == "gold"
+
+
+async def test_spans_go_to_the_otlp_endpoint_under_the_interactions_trace(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    post = interaction("@traced")
+    traceparent = start_trace(post.id)
+    async with receiving() as collector:
+        settings = service_settings(
+            EnrichSettings,
+            stack,
+            namespace,
+            run_dir,
+            tracing=TracingSettings(otlp_endpoint=collector.url),
+        )
+        async with client_of(create_app(settings)) as http:
+            running = Enrich(http, settings)
+            event = CloudEvent[Interaction](
+                id=post.id,
+                source="/test",
+                type=INTERACTION_RECEIVED,
+                traceparent=traceparent,
+                data=post,
+            )
+            await publish(settings.kafka, settings.kafka.topics.received, [("k", event)])
+            await running.enriched(1)
+        # Leaving the app flushes its spans.
+
+    exported = ExportTraceServiceRequest()
+    exported.ParseFromString(collector.received[0][1])
+    spans = [s for rs in exported.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert collector.received[0][0]["content-type"] == "application/x-protobuf"
+    assert [s.name for s in spans] == ["enrich"]
+    assert spans[0].trace_id.hex() == trace_id(traceparent)
+    assert spans[0].parent_span_id.hex() == traceparent.split("-")[2]

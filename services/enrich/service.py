@@ -170,7 +170,7 @@ class EnrichService:
             raise CrmIdTaken
         await self.repository.customers.insert_one(customer)
         try:
-            await self.absorb(customer, prospects)
+            await self.absorb(customer["_id"], prospects)
             await self.repository.claim_identities(customer["_id"], customer["identities"])
         except IdentityTaken:
             await self.repository.erase(customer["_id"])
@@ -191,12 +191,12 @@ class EnrichService:
             raise IdentityTaken(taken)
         return sorted(prospects)
 
-    async def absorb(self, customer: Document, prospects: Sequence[str]) -> None:
+    async def absorb(self, customer_id: str, prospects: Sequence[str]) -> None:
         """Merge prospects seen before the CRM knew them into the customer."""
         for prospect_id in prospects:
             prospect = await self.repository.customers.find_one({"_id": prospect_id})
             if prospect is not None:
-                await self.merge_profiles(customer["_id"], prospect)
+                await self.merge_profiles(customer_id, prospect)
 
     async def get_customer(self, customer_id: str) -> Document | None:
         return await self.repository.find_customer(customer_id)
@@ -247,7 +247,8 @@ class EnrichService:
         if customer is None:
             return None
         normalised = identity.normalised
-        await self.absorb(customer, await self.prospects_holding(customer["_id"], [normalised]))
+        prospects = await self.prospects_holding(customer["_id"], [normalised])
+        await self.absorb(customer["_id"], prospects)
         await self.repository.claim_identities(customer["_id"], [normalised])
         return await self.repository.update_customer(
             customer["_id"], {"$addToSet": {"identities": normalised}}
@@ -396,7 +397,7 @@ class EnrichService:
         for _, row in rows:
             customer_id = owners[row.crm_id]
             prospects = {held[i] for i in row.normalised_identities if i in held} - {customer_id}
-            await self.absorb({"_id": customer_id}, sorted(prospects))
+            await self.absorb(customer_id, sorted(prospects))
             links.update({i: customer_id for i in row.normalised_identities if i not in held})
         lost = await self.repository.link_many(links)
         for line, row in rows:  # claimed by the stream between our look and our write

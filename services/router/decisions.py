@@ -58,14 +58,16 @@ def candidate_reasons(
     declined = set(item.get("declined_by", []))
     out = []
     for agent in agents:
-        free = int(agent["free"]) + (1 if chosen and agent["_id"] == chosen["_id"] else 0)
+        is_chosen = chosen is not None and agent["_id"] == chosen["_id"]
+        reserved = 1 if is_chosen else 0  # as it stood before this offer took its unit
+        free = int(agent["free"]) + reserved
         out.append(
             {
                 "agent_id": agent["_id"],
                 "name": agent.get("name"),
-                "chosen": chosen is not None and agent["_id"] == chosen["_id"],
+                "chosen": is_chosen,
                 "reason": reason(agent, free, needed, declined, chosen),
-                "load": int(agent["load"]) - (1 if chosen and agent["_id"] == chosen["_id"] else 0),
+                "load": int(agent["load"]) - reserved,
                 "capacity": int(agent["capacity"]),
             }
         )

@@ -16,12 +16,14 @@ from pydantic import BaseModel
 
 from shared import topics
 from shared.events import (
+    ACCESS_KEY_CHANGED,
     DELIVERY_ATTEMPTED,
     DELIVERY_DEAD,
     INTERACTION_ENRICHED,
     INTERACTION_RECEIVED,
     INTERACTION_REJECTED,
     SLA_BREACHED,
+    AccessKey,
     Assignment,
     AssignmentStatus,
     DeadDelivery,
@@ -68,6 +70,11 @@ CHANNELS: dict[str, tuple[str, dict[str, type[BaseModel] | None]]] = {
     topics.DELIVERIES: (
         "Every webhook attempt and what it led to, keyed by interaction.",
         {DELIVERY_ATTEMPTED: DeliveryAttempt},
+    ),
+    topics.ACCESS_KEYS: (
+        "Every API key issued or revoked (its hash, never the key), keyed by key id; "
+        "each service keeps a replica to check the keys it is shown.",
+        {ACCESS_KEY_CHANGED: AccessKey},
     ),
 }
 

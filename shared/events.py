@@ -27,6 +27,7 @@ ASSIGNMENT_PREFIX = "io.switchboard.assignment."
 DELIVERY_DEAD = "io.switchboard.delivery.dead.v1"
 DELIVERY_ATTEMPTED = "io.switchboard.delivery.attempted.v1"
 SLA_BREACHED = "io.switchboard.sla.breached.v1"
+ACCESS_KEY_CHANGED = "io.switchboard.access.key.v1"
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c6a4e-2f43-4d7c-9a57-3c1b0f2d9e11")
 
@@ -216,6 +217,34 @@ class DeliveryAttempt(Model):
     status_code: int | None = None
     error: str | None = None
     at: datetime
+
+
+class Role(StrEnum):
+    """What an API key may do (see ``shared.access`` for the routes each role reaches)."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    AGENT = "agent"
+    PUBLISHER = "publisher"
+
+
+class AccessKey(Model):
+    """An API key as every service keeps it: its SHA-256 hash, never the key itself.
+
+    Issued and revoked by any service; each keeps a replica from the access-keys topic.
+    A key is created once and can only become revoked, so replicas merge without
+    conflict: the earliest revocation wins.
+    """
+
+    id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    role: Role
+    subject: str | None = None  # the agent or publisher id the key speaks for
+    name: str = Field(min_length=1, max_length=128)
+    key_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 DataT = TypeVar("DataT", bound=BaseModel)

@@ -14,6 +14,7 @@ ASSIGNMENTS = "switchboard.assignments.v1"
 ESCALATIONS = "switchboard.escalations.v1"
 DELIVERIES_DEAD = "switchboard.deliveries.dead.v1"
 DELIVERIES = "switchboard.deliveries.v1"
+ACCESS_KEYS = "switchboard.access-keys.v1"
 
 ALL = (
     INTERACTIONS_SUBMITTED,
@@ -24,6 +25,7 @@ ALL = (
     ESCALATIONS,
     DELIVERIES_DEAD,
     DELIVERIES,
+    ACCESS_KEYS,
 )
 
 
@@ -70,6 +72,12 @@ class Topics:
     def deliveries(self) -> str:
         """Every webhook attempt and its outcome, keyed by interaction."""
         return self.name(DELIVERIES)
+
+    @property
+    def access_keys(self) -> str:
+        """Every API key issued or revoked, keyed by key id: each service keeps a replica
+        (compacted: the latest record per key is all a new replica needs)."""
+        return self.name(ACCESS_KEYS)
 
     def all(self) -> list[str]:
         return [self.name(base) for base in ALL]

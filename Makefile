@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment asyncapi manifests lock clean
+.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment asyncapi manifests checkov lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,14 +44,30 @@ train-sentiment: $(STAMP) ## Re-train the default sentiment model from ../shared
 asyncapi: $(STAMP) ## Regenerate docs/asyncapi.json from the event models
 	$(BIN)/python -m shared.asyncapi > docs/asyncapi.json
 
-manifests: $(STAMP) ## Render every deploy/ overlay and validate it against the Kubernetes schemas
-	@mkdir -p build/manifests
+CHECKOV_VENV := build/.venv-checkov
+
+# checkov pins many libraries of its own: it lives in its own virtualenv, at the versions
+# in deploy/checkov/requirements.lock.
+$(CHECKOV_VENV)/.installed: deploy/checkov/requirements.lock
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet --require-virtualenv -r deploy/checkov/requirements.lock
+	@touch $@
+
+checkov: $(CHECKOV_VENV)/.installed ## Install checkov (security linter for the manifests) in build/.venv-checkov
+
+manifests: $(STAMP) $(CHECKOV_VENV)/.installed ## Render every deploy/ overlay; validate it (Kubernetes and CRD schemas) and lint it (checkov)
+	@rm -rf build/manifests build/manifests-builtin && mkdir -p build/manifests build/manifests-builtin
 	@for overlay in deploy/overlays/*/; do \
 		name=$$(basename $$overlay); \
 		$(BIN)/kubectl kustomize $$overlay > build/manifests/$$name.yaml || exit 1; \
-		$(BIN)/kubernetes-validate --strict --quiet build/manifests/$$name.yaml || exit 1; \
-		echo "deploy/overlays/$$name: rendered to build/manifests/$$name.yaml and valid"; \
+		$(BIN)/python -m tests.deploy.manifests split build/manifests/$$name.yaml build/manifests-builtin/$$name.yaml || exit 1; \
+		$(BIN)/kubernetes-validate --strict --quiet build/manifests-builtin/$$name.yaml || exit 1; \
+		echo "deploy/overlays/$$name: rendered to build/manifests/$$name.yaml, valid against the Kubernetes and CRD schemas"; \
 	done
+	@$(CHECKOV_VENV)/bin/checkov --config-file deploy/checkov/config.yaml -d build/manifests > build/checkov.txt 2>&1 \
+		|| { cat build/checkov.txt; exit 1; }
+	@grep -h "^Passed checks" build/checkov.txt | sed 's/^/checkov: /'
 
 lint: $(STAMP) ## ruff and mypy (strict)
 	$(BIN)/ruff check .

@@ -1,30 +1,27 @@
 """The Kubernetes manifests: every overlay renders, validates against the Kubernetes
-schemas, and every Deployment has probes, limits and a hardened securityContext."""
+schemas (built-in kinds) and the vendored CRD schemas (custom resources), every
+Deployment has probes, limits and a hardened securityContext, and every SWITCHBOARD_*
+variable the manifests set is one the services read."""
 
 from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+from services.enrich.config import EnrichSettings
+from services.ingest.config import IngestSettings
+from services.notify.config import NotifySettings
+from services.router.config import RouterSettings
+from tests.deploy.manifests import BIN, ROOT, custom_resource_errors, is_custom, render
+
 OVERLAYS = sorted(path.name for path in (ROOT / "deploy" / "overlays").iterdir())
-BIN = Path(sys.executable).parent  # kubectl and kubernetes-validate come with the venv
-
-
-def render(overlay: str) -> list[dict[str, Any]]:
-    rendered = subprocess.run(  # noqa: S603
-        [BIN / "kubectl", "kustomize", ROOT / "deploy" / "overlays" / overlay],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+SERVICES = ("ingest", "enrich", "router", "notify")
 
 
 def deployment_problems(deployment: dict[str, Any]) -> list[str]:
@@ -66,7 +63,7 @@ def test_every_overlay_validates_against_the_kubernetes_schemas(
 ) -> None:
     overlay, docs = rendered
     path = tmp_path / f"{overlay}.yaml"
-    path.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    path.write_text(yaml.safe_dump_all([d for d in docs if not is_custom(d)]), encoding="utf-8")
 
     result = subprocess.run(  # noqa: S603
         [BIN / "kubernetes-validate", "--strict", "--quiet", "--no-warn", path],
@@ -116,3 +113,74 @@ def test_the_check_catches_a_deployment_without_probes_or_hardening() -> None:
         "ingest/ingest: limits lack cpu or memory",
         "ingest/ingest: root filesystem is writable",
     ]
+
+
+def test_every_custom_resource_matches_its_crd_schema(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+
+    assert [e for d in docs if is_custom(d) for e in custom_resource_errors(d)] == []
+
+
+def test_the_crd_check_catches_unknown_fields_and_wrong_values() -> None:
+    [kafka] = [d for d in render("prod") if d["kind"] == "Kafka"]
+    broken = copy.deepcopy(kafka)
+    broken["spec"]["kafka"]["listeners"][0]["authentication"]["type"] = "scram"
+    broken["spec"]["kafka"]["replicas"] = 3
+    unknown = {
+        "apiVersion": "kafka.strimzi.io/v1",
+        "kind": "KafkaBridge",
+        "metadata": {"name": "b"},
+    }
+
+    assert custom_resource_errors(broken) == [
+        "Kafka/switchboard: spec.kafka: Additional properties are not allowed "
+        "('replicas' was unexpected)",
+        "Kafka/switchboard: spec.kafka.listeners.0.authentication.type: "
+        "'scram' is not one of ['tls', 'scram-sha-512', 'custom']",
+    ]
+    assert custom_resource_errors(unknown) == [
+        "KafkaBridge/b: no schema for kafka.strimzi.io/v1 under deploy/schemas/"
+    ]
+
+
+def settings_variables() -> set[str]:
+    """Every SWITCHBOARD_* variable some service's Settings read."""
+    names: set[str] = set()
+
+    def add(settings: type[BaseSettings]) -> None:
+        prefix = settings.model_config.get("env_prefix", "")
+        for field, info in settings.model_fields.items():
+            kind = info.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseSettings):
+                add(kind)  # nested settings read their own prefix
+            else:
+                names.add(f"{prefix}{field}".upper())
+
+    for settings in (IngestSettings, EnrichSettings, RouterSettings, NotifySettings):
+        add(settings)
+    return names
+
+
+def test_every_switchboard_variable_set_is_one_the_services_read(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    overlay, docs = rendered
+    env_files = (ROOT / "deploy" / "overlays" / overlay).glob("*.env")
+    set_here = {
+        line.split("=", 1)[0]
+        for path in env_files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "switchboard-settings":
+            set_here |= set(doc["data"])
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                set_here |= {env["name"] for env in container.get("env", [])}
+
+    switchboard = {name for name in set_here if name.startswith("SWITCHBOARD_")}
+    assert switchboard, "no settings found"
+    assert switchboard - settings_variables() == set()

@@ -22,6 +22,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared import kafka, mongo
+from shared.access import AccessKeys, keys_api, require_access_rules
+from shared.audit import AuditLog, AuditTrail, audit_api
+from shared.events import AccessKey
 from shared.http import BodyLimit, ReadinessCheck, add_health_routes, install_error_handlers
 from shared.logging import configure_logging, get_logger
 from shared.metrics import ServiceMetrics, metrics_endpoint, service_metrics
@@ -44,6 +47,8 @@ class Runtime:
     db: AsyncDatabase[mongo.Document]
     outbox: Outbox
     metrics: ServiceMetrics
+    access: AccessKeys
+    audit: AuditLog
     spans: Spans = field(default_factory=Spans)
     stream: faust.App | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -53,7 +58,16 @@ class Runtime:
         client = mongo.connect(settings.mongo)
         db = client[settings.mongo.database(name)]
         spans = Spans.create(name, settings.tracing.otlp_endpoint)
-        return cls(name, settings, client, db, Outbox(db), service_metrics(name), spans)
+        outbox = Outbox(db)
+        access = AccessKeys(
+            db, outbox, settings.kafka.topics, settings.auth.admin_token, service=name
+        )
+        metrics = service_metrics(name)
+        runtime = cls(name, settings, client, db, outbox, metrics, access, AuditLog(db), spans)
+        runtime.consume(
+            settings.kafka.topics.access_keys, kafka.decoded(AccessKey, access.apply, metrics)
+        )
+        return runtime
 
     def consume(self, topic: str, handler: kafka.BatchHandler) -> None:
         """Feed ``topic`` to ``handler`` in batches, through this service's Faust app."""
@@ -92,6 +106,7 @@ def service_app(
         configure_logging(runtime.settings.log)
         await kafka.ensure_topics(runtime.settings.kafka, runtime.settings.kafka.topics.all())
         await runtime.outbox.ensure_indexes()
+        await runtime.audit.ensure_indexes()
         for step in startup:
             await step()
         relay = OutboxRelay(runtime.outbox, runtime.settings.kafka, runtime.metrics)
@@ -106,15 +121,23 @@ def service_app(
             runtime.spans.shutdown()
             log.info("service stopped", service=runtime.name)
 
-    app = FastAPI(title=f"Switchboard {runtime.name}", lifespan=lifespan)
+    docs = runtime.settings.expose_docs  # the schema and docs pages need no key: opt in
+    app = FastAPI(
+        title=f"Switchboard {runtime.name}",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.add_middleware(AuditTrail, audit=runtime.audit)
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes, streamed=streamed)
     app.state.runtime = runtime
-    app.state.admin_token = runtime.settings.auth.admin_token
+    app.state.access = runtime.access
+    app.state.audit = runtime.audit
     install_error_handlers(app)
     add_health_routes(app, [runtime.database_ready, runtime.stream_ready, *extra_checks])
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    for router in routers:
+    for router in (*routers, keys_api, audit_api):
         app.include_router(router)
+    require_access_rules(app)
     return app
 
 

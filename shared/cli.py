@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.access import key_id_of
 from shared.embedded import ChildProcesses, EmbeddedStack
 from shared.logging import configure_logging
 from shared.settings import LogSettings
@@ -88,6 +89,7 @@ def service_env(local: LocalSettings, admin_token: str) -> dict[str, str]:
     )
     for service in SERVICES:
         prefix = f"SWITCHBOARD_{service.upper()}_"
+        env[f"{prefix}EXPOSE_DOCS"] = "true"  # on this machine only
         env[f"{prefix}PORT"] = str(local.port(service))
         env[f"{prefix}DATA_DIR"] = str(local.home / "run")
     return env
@@ -111,16 +113,54 @@ def wait_ready(local: LocalSettings, children: ChildProcesses, timeout_s: float 
         time.sleep(0.25)
 
 
-def ensure_publisher_key(local: LocalSettings, credentials: dict[str, str]) -> None:
-    if credentials.get("SWITCHBOARD_PUBLISHER_KEY"):
-        return
-    answer = httpx.post(
-        f"{local.url('ingest')}/v1/publishers",
-        json={"name": "local"},
-        headers={"Authorization": f"Bearer {credentials['SWITCHBOARD_AUTH_ADMIN_TOKEN']}"},
-    )
-    answer.raise_for_status()
-    credentials["SWITCHBOARD_PUBLISHER_KEY"] = answer.json()["api_key"]
+ROLE_KEYS = {
+    "SWITCHBOARD_ADMIN_KEY": {"role": "admin", "name": "local admin"},
+    "SWITCHBOARD_OPERATOR_KEY": {"role": "operator", "name": "local operator"},
+}
+
+
+def ensure_keys(local: LocalSettings, credentials: dict[str, str]) -> None:
+    """One live key per role in the credentials file: kept if the services still know
+    it, issued again if not (a wiped store), and known to every service before use."""
+    bootstrap = {"Authorization": f"Bearer {credentials['SWITCHBOARD_AUTH_ADMIN_TOKEN']}"}
+    with httpx.Client(timeout=10.0, headers=bootstrap) as http:
+        listed = http.get(f"{local.url('ingest')}/v1/keys").raise_for_status().json()["keys"]
+        live = {key["id"] for key in listed if key["revoked_at"] is None}
+        missing = [
+            name
+            for name in (*ROLE_KEYS, "SWITCHBOARD_PUBLISHER_KEY", "SWITCHBOARD_AGENT_KEY")
+            if key_id_of(credentials.get(name, "")) not in live
+        ]
+        for name in missing:
+            credentials[name] = issue_key(http, local, name, credentials)
+        wanted = {key_id_of(credentials[name]) for name in missing}
+        deadline = time.monotonic() + 30
+        for service in SERVICES:  # the other services learn the keys from Kafka
+            while not wanted <= {key["id"] for key in keys_known(http, local, service)}:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} did not learn the new keys")
+                time.sleep(0.2)
+
+
+def keys_known(http: httpx.Client, local: LocalSettings, service: str) -> list[dict[str, str]]:
+    keys: list[dict[str, str]] = http.get(f"{local.url(service)}/v1/keys").json()["keys"]
+    return keys
+
+
+def issue_key(
+    http: httpx.Client, local: LocalSettings, name: str, credentials: dict[str, str]
+) -> str:
+    if name == "SWITCHBOARD_PUBLISHER_KEY":
+        answer = http.post(f"{local.url('ingest')}/v1/publishers", json={"name": "local"})
+        return str(answer.raise_for_status().json()["api_key"])
+    if name == "SWITCHBOARD_AGENT_KEY":  # an agent who starts offline: set it online to work
+        answer = http.post(
+            f"{local.url('router')}/v1/agents", json={"name": "Local agent", "presence": "offline"}
+        )
+        credentials["SWITCHBOARD_AGENT_ID"] = answer.raise_for_status().json()["id"]
+        return str(answer.json()["token"])
+    answer = http.post(f"{local.url('ingest')}/v1/keys", json=ROLE_KEYS[name])
+    return str(answer.raise_for_status().json()["key"])
 
 
 def up(local: LocalSettings) -> int:
@@ -145,7 +185,7 @@ def up(local: LocalSettings) -> int:
             )
         services.start([sys.executable, "-m", "shared.cli", "desk"], None, env)
         wait_ready(local, services)
-        ensure_publisher_key(local, credentials)
+        ensure_keys(local, credentials)
         write_credentials(local.credentials_file, credentials)
         print_summary(local)
         while all(process.poll() is None for process in services.processes):

@@ -29,7 +29,7 @@ def run_demo(local: LocalSettings) -> int:
             f"no credentials in {local.credentials_file}: start Switchboard with `make run` first"
         )
         return 1
-    admin = {"Authorization": f"Bearer {credentials['SWITCHBOARD_AUTH_ADMIN_TOKEN']}"}
+    admin = {"Authorization": f"Bearer {credentials['SWITCHBOARD_ADMIN_KEY']}"}
     publisher = {"Authorization": f"Bearer {credentials['SWITCHBOARD_PUBLISHER_KEY']}"}
     with httpx.Client(timeout=10.0) as http:
         customer = http.post(

@@ -1,4 +1,4 @@
-"""HTTP pieces every service shares: error bodies, admin auth, health and serving.
+"""HTTP pieces every service shares: error bodies, health, body limits and serving.
 
 Bad input is answered with a 4xx whose body names each field and the reason;
 anything unexpected is a bare 500 with no traceback in the body.
@@ -7,16 +7,13 @@ anything unexpected is a bare 500 with no traceback in the body.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import get_logger
@@ -47,41 +44,14 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error", path=request.url.path, error=repr(exc))
+    route = getattr(request.scope.get("route"), "path", "?")  # a template: no ids or handles
+    log.error("unhandled error", method=request.method, route=route, error=repr(exc))
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
-
-
-_bearer = HTTPBearer(auto_error=False)
-Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def token_matches(credentials: HTTPAuthorizationCredentials | None, token: SecretStr) -> bool:
-    expected = token.get_secret_value()
-    if not expected or credentials is None:
-        return False
-    return hmac.compare_digest(credentials.credentials.encode(), expected.encode())
-
-
-def unauthorized(reason: str = "missing or invalid bearer token") -> HTTPException:
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail=reason,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
-
-def require_admin(request: Request, credentials: Bearer) -> None:
-    """Dependency: the caller presents the deployment's admin token."""
-    if not token_matches(credentials, request.app.state.admin_token):
-        raise unauthorized()
-
-
-AdminOnly = Depends(require_admin)
 
 
 def app_service(request: Request) -> Any:

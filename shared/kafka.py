@@ -57,7 +57,11 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
     await admin.start()
     try:
         for name in names:
-            topic = NewTopic(name, settings.partitions, settings.replication_factor)
+            compacted = settings.topics.is_compacted(name)
+            configs = {"cleanup.policy": "compact"} if compacted else {}
+            topic = NewTopic(
+                name, settings.partitions, settings.replication_factor, topic_configs=configs
+            )
             try:
                 await admin.create_topics([topic])
             except TopicAlreadyExistsError:

@@ -71,7 +71,8 @@ class TracingSettings(BaseSettings):
 class AuthSettings(BaseSettings):
     model_config = _config("SWITCHBOARD_AUTH_")
 
-    # Bearer token for the management APIs; empty means they refuse every call.
+    # The bootstrap admin key, kept in the deployment's secrets: it issues the other keys
+    # (see shared.access). Empty: only issued keys are accepted.
     admin_token: SecretStr = SecretStr("")
 
 
@@ -90,6 +91,8 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path(".switchboard/run")
     # Largest request body any route takes (bulk imports set their own, larger, limit).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Serve /openapi.json and /docs (they need no key, so they are off unless asked for).
+    expose_docs: bool = False
     auth: AuthSettings = Field(default_factory=AuthSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     mongo: MongoSettings = Field(default_factory=MongoSettings)

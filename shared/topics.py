@@ -28,6 +28,9 @@ ALL = (
     ACCESS_KEYS,
 )
 
+# Topics where only the latest record per key matters.
+COMPACTED = frozenset({ACCESS_KEYS})
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -78,6 +81,9 @@ class Topics:
         """Every API key issued or revoked, keyed by key id: each service keeps a replica
         (compacted: the latest record per key is all a new replica needs)."""
         return self.name(ACCESS_KEYS)
+
+    def is_compacted(self, name: str) -> bool:
+        return name.removeprefix(self.prefix) in COMPACTED
 
     def all(self) -> list[str]:
         return [self.name(base) for base in ALL]

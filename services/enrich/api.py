@@ -19,10 +19,11 @@ from services.enrich.customers import (
 )
 from services.enrich.repository import IdentityTaken
 from services.enrich.service import CrmIdTaken, EnrichService, UnknownTier
+from shared.access import AdminOnly, AdminOrOperator
 from shared.events import Channel
-from shared.http import AdminOnly, app_service, public
+from shared.http import app_service, public
 
-router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
+router = APIRouter(prefix="/v1")
 
 Service = Annotated[EnrichService, Depends(app_service)]
 Document = dict[str, Any]
@@ -50,7 +51,7 @@ def found(customer: Document | None) -> Document:
     return public(customer)
 
 
-@router.post("/customers", status_code=status.HTTP_201_CREATED)
+@router.post("/customers", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])
 async def create_customer(payload: CustomerIn, service: Service) -> Document:
     try:
         return public(await service.create_customer(payload))
@@ -62,7 +63,7 @@ async def create_customer(payload: CustomerIn, service: Service) -> Document:
         raise field_problem("crm_id", "another customer has this CRM id", 409) from error
 
 
-@router.get("/customers")
+@router.get("/customers", dependencies=[AdminOrOperator])
 async def search_customers(
     service: Service,
     handle: Annotated[str | None, Query(max_length=256)] = None,
@@ -87,7 +88,7 @@ async def search_customers(
     return {"customers": [public(c) for c in customers]}
 
 
-@router.post("/customers:import")
+@router.post("/customers:import", dependencies=[AdminOnly])
 async def import_customers(request: Request, service: Service) -> Document:
     """CRM rows as JSON lines (``application/x-ndjson``) or CSV (``text/csv``, list cells
     separated by ``;``, identities as ``channel:handle``), upserted by ``crm_id``. The body
@@ -119,13 +120,13 @@ async def bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@router.get("/customers/{customer_id}")
+@router.get("/customers/{customer_id}", dependencies=[AdminOrOperator])
 async def get_customer(customer_id: str, service: Service) -> Document:
     """The profile; a merged-away id answers with the profile it was merged into."""
     return found(await service.get_customer(customer_id))
 
 
-@router.patch("/customers/{customer_id}")
+@router.patch("/customers/{customer_id}", dependencies=[AdminOnly])
 async def update_customer(customer_id: str, patch: CustomerFields, service: Service) -> Document:
     try:
         return found(await service.update_customer(customer_id, patch))
@@ -135,7 +136,9 @@ async def update_customer(customer_id: str, patch: CustomerFields, service: Serv
         raise field_problem("crm_id", "another customer has this CRM id", 409) from error
 
 
-@router.delete("/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/customers/{customer_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[AdminOnly]
+)
 async def erase_customer(customer_id: str, service: Service) -> Response:
     """Erasure: the profile, its identities and aliases go; later posts are from a stranger."""
     if not await service.erase_customer(customer_id):
@@ -143,13 +146,17 @@ async def erase_customer(customer_id: str, service: Service) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/customers/{customer_id}:merge")
+@router.post("/customers/{customer_id}:merge", dependencies=[AdminOnly])
 async def merge_customers(customer_id: str, payload: MergeIn, service: Service) -> Document:
     """Move ``merge_id``'s identities and history here; its id resolves here from now on."""
     return found(await service.merge(customer_id, payload.merge_id))
 
 
-@router.post("/customers/{customer_id}/identities", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/customers/{customer_id}/identities",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[AdminOnly],
+)
 async def link_identity(customer_id: str, identity: IdentityIn, service: Service) -> Document:
     try:
         return found(await service.link_identity(customer_id, identity))
@@ -157,7 +164,7 @@ async def link_identity(customer_id: str, identity: IdentityIn, service: Service
         raise taken(error) from error
 
 
-@router.delete("/customers/{customer_id}/identities/{identity}")
+@router.delete("/customers/{customer_id}/identities/{identity}", dependencies=[AdminOnly])
 async def unlink_identity(customer_id: str, identity: str, service: Service) -> Document:
     """``identity`` in its normalised form, e.g. ``twitter:ada_l``."""
     return found(await service.unlink_identity(customer_id, identity))

@@ -1,4 +1,5 @@
-"""Ingest's HTTP API: publishers post interactions; admins manage publisher keys."""
+"""Ingest's HTTP API: publishers post interactions (publisher keys); admins manage
+publishers and feeds; admins and operators follow an interaction's journey."""
 
 from __future__ import annotations
 
@@ -21,8 +22,17 @@ from services.ingest.service import (
     Publisher,
     unpack,
 )
-from shared.events import Channel
-from shared.http import AdminOnly, Bearer, app_service, public, unauthorized
+from shared.access import (
+    AdminOnly,
+    AdminOrOperator,
+    Keys,
+    Principal,
+    allow,
+    forbidden,
+    require_subject,
+)
+from shared.events import Channel, Role
+from shared.http import app_service, public
 
 router = APIRouter(prefix="/v1")
 
@@ -43,13 +53,13 @@ def settings_of(request: Request) -> IngestSettings:
 Settings = Annotated[IngestSettings, Depends(settings_of)]
 
 
-async def current_publisher(service: Service, credentials: Bearer) -> Publisher:
-    """The publisher whose API key the request carries."""
-    if credentials is None:
-        raise unauthorized()
-    publisher = await service.publisher_for_key(credentials.credentials)
+async def current_publisher(
+    service: Service, caller: Annotated[Principal, allow(Role.PUBLISHER)]
+) -> Publisher:
+    """The publisher whose key the request carries."""
+    publisher = await service.publisher(str(caller.subject))
     if publisher is None:
-        raise unauthorized("unknown or revoked API key")
+        raise forbidden("this key's publisher is revoked")
     return publisher
 
 
@@ -172,16 +182,20 @@ def batch_answer(outcomes: list[Outcome]) -> dict[str, Any]:
 
 @router.get("/interactions/{interaction_id}")
 async def get_interaction(
-    interaction_id: str, service: Service, _: CurrentPublisher
+    interaction_id: str,
+    service: Service,
+    caller: Annotated[Principal, allow(Role.ADMIN, Role.OPERATOR, Role.PUBLISHER)],
 ) -> dict[str, Any]:
-    """The interaction, when ingest stored it and when its event was published."""
+    """The interaction, when ingest stored it and when its event was published. A
+    publisher sees only its own."""
     found = await service.get(interaction_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such interaction")
+    require_subject(caller, found["publisher_id"], "interaction")
     return found
 
 
-@router.get("/interactions/{interaction_id}/journey", dependencies=[AdminOnly])
+@router.get("/interactions/{interaction_id}/journey", dependencies=[AdminOrOperator])
 async def get_journey(interaction_id: str, service: Service) -> dict[str, Any]:
     """The interaction's path with times and trace ids: accepted, published, enriched
     (customer, tier, sentiment), queued, offered, accepted, resolved, and every webhook
@@ -200,13 +214,22 @@ class PublisherIn(BaseModel):
     )
 
 
-@router.post("/publishers", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])
-async def create_publisher(payload: PublisherIn, service: Service) -> dict[str, Any]:
-    """The key is shown here once; only its hash is stored. Limit it to some channels or
-    sources, or leave those out to allow all."""
+@router.post("/publishers", status_code=status.HTTP_201_CREATED)
+async def create_publisher(
+    payload: PublisherIn,
+    service: Service,
+    keys: Keys,
+    caller: Annotated[Principal, allow(Role.ADMIN)],
+) -> dict[str, Any]:
+    """A publisher and its first key (role ``publisher``), shown here once; only its
+    hash is stored. Limit it to some channels or sources, or leave those out to allow
+    all. ``POST /v1/keys`` issues more keys for it, for rotation."""
     channels = [c.value for c in payload.channels] if payload.channels is not None else None
     publisher = await service.create_publisher(payload.name, channels, payload.sources)
-    return {"id": publisher.id, "name": publisher.name, "api_key": publisher.api_key}
+    record, key = await keys.issue(
+        Role.PUBLISHER, f"publisher {payload.name}", caller.key_id, publisher.id
+    )
+    return {"id": publisher.id, "name": publisher.name, "key_id": record.id, "api_key": key}
 
 
 @router.get("/publishers", dependencies=[AdminOnly])
@@ -219,9 +242,11 @@ async def list_publishers(service: Service) -> list[dict[str, Any]]:
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[AdminOnly],
 )
-async def revoke_publisher(publisher_id: str, service: Service) -> None:
+async def revoke_publisher(publisher_id: str, service: Service, keys: Keys) -> None:
+    """The publisher and every key it has are refused from now on."""
     if not await service.revoke_publisher(publisher_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such active publisher")
+    await keys.revoke_subject(Role.PUBLISHER, publisher_id)
 
 
 @router.post("/feeds", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])

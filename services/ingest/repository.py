@@ -23,7 +23,6 @@ class IngestRepository:
         await self.interactions.create_index(
             [("source", ASCENDING), ("external_id", ASCENDING)], unique=True
         )
-        await self.publishers.create_index([("key_hash", ASCENDING)], unique=True)
         await self.feeds.create_index([("next_poll_ms", ASCENDING)])
 
     async def insert_interactions(
@@ -73,11 +72,11 @@ class IngestRepository:
     async def insert_publisher(self, publisher: Document) -> None:
         await self.publishers.insert_one(publisher)
 
-    async def find_publisher_by_key_hash(self, key_hash: str) -> Document | None:
-        return await self.publishers.find_one({"key_hash": key_hash, "revoked_at": None})
+    async def find_publisher(self, publisher_id: str) -> Document | None:
+        return await self.publishers.find_one({"_id": publisher_id, "revoked_at": None})
 
     async def list_publishers(self) -> list[Document]:
-        return await self.publishers.find({}, {"key_hash": 0}).sort("created_at").to_list(None)
+        return await self.publishers.find({}).sort("created_at").to_list(None)
 
     async def revoke_publisher(self, publisher_id: str, at: datetime) -> bool:
         result = await self.publishers.update_one(

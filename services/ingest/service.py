@@ -36,11 +36,11 @@ from shared.kafka import RawEvent
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
-from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
 from shared.tracing import Spans, start_trace
 
 SOURCE = "/switchboard/ingest"
+PUBLISHER_CACHE_S = 30.0
 log = get_logger(__name__)
 
 FieldError = dict[str, str]
@@ -200,11 +200,8 @@ class Outcome:
     errors: list[FieldError] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class NewPublisher:
-    id: str
-    name: str
-    api_key: str
+def _set(values: list[str] | None) -> frozenset[str] | None:
+    return frozenset(values) if values is not None else None
 
 
 class TokenBucket:
@@ -299,6 +296,7 @@ class IngestService:
         self.topics = topics
         self.rate_limit = rate_limit
         self.buckets: dict[str, TokenBucket] = {}
+        self.publishers: dict[str, tuple[Publisher, float]] = {}
         self.journeys: JourneyLog | None = None  # the read model, when the app consumes it
 
     def throttle(self, publisher: Publisher, units: int) -> float:
@@ -417,37 +415,41 @@ class IngestService:
 
     async def create_publisher(
         self, name: str, channels: list[str] | None, sources: list[str] | None
-    ) -> NewPublisher:
-        publisher_id, key = str(uuid.uuid4()), new_api_key("sbp")
+    ) -> Publisher:
+        """The publisher; its keys are access keys of role ``publisher`` naming it."""
+        publisher_id = str(uuid.uuid4())
         await self.repository.insert_publisher(
             {
                 "_id": publisher_id,
                 "name": name,
                 "channels": channels,
                 "sources": sources,
-                "key_hash": hash_api_key(key),
                 "created_at": utcnow(),
                 "revoked_at": None,
             }
         )
-        return NewPublisher(publisher_id, name, key)
+        return Publisher(publisher_id, name, _set(channels), _set(sources))
 
-    async def publisher_for_key(self, key: str) -> Publisher | None:
-        doc = await self.repository.find_publisher_by_key_hash(hash_api_key(key))
+    async def publisher(self, publisher_id: str) -> Publisher | None:
+        """The publisher, unless it is revoked. Its name and scope never change, so a live
+        one is remembered for a while; revocation also revokes its keys, checked every time."""
+        known, at = self.publishers.get(publisher_id, (None, 0.0))
+        if known is not None and time.monotonic() - at < PUBLISHER_CACHE_S:
+            return known
+        doc = await self.repository.find_publisher(publisher_id)
         if doc is None:
             return None
-        channels, sources = doc.get("channels"), doc.get("sources")
-        return Publisher(
-            id=str(doc["_id"]),
-            name=str(doc["name"]),
-            channels=frozenset(channels) if channels is not None else None,
-            sources=frozenset(sources) if sources is not None else None,
+        found = Publisher(
+            str(doc["_id"]), str(doc["name"]), _set(doc.get("channels")), _set(doc.get("sources"))
         )
+        self.publishers[publisher_id] = (found, time.monotonic())
+        return found
 
     async def list_publishers(self) -> list[Document]:
         return await self.repository.list_publishers()
 
     async def revoke_publisher(self, publisher_id: str) -> bool:
+        self.publishers.pop(publisher_id, None)
         return await self.repository.revoke_publisher(publisher_id, utcnow())
 
     async def create_feed(self, payload: FeedIn) -> Document:

@@ -1,19 +1,22 @@
-"""Notify's HTTP API: subscriptions and the deliveries made for them (admin token)."""
+"""Notify's HTTP API: subscriptions (admin) and the deliveries made for them (admin and
+operator: read and replay)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.notify.delivery import EndpointRefused
 from services.notify.service import NotifyService, SubscriptionIn
-from shared.http import AdminOnly, app_service, public
+from shared.access import AdminOnly, AdminOrOperator
+from shared.audit import record_change
+from shared.http import app_service, public
 from shared.mongo import epoch_ms
 
-router = APIRouter(prefix="/v1", dependencies=[AdminOnly])
+router = APIRouter(prefix="/v1")
 
 
 Service = Annotated[NotifyService, Depends(app_service)]
@@ -26,9 +29,14 @@ def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-@router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=None)
+@router.post(
+    "/subscriptions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=None,
+    dependencies=[AdminOnly],
+)
 async def create_subscription(
-    payload: SubscriptionIn, service: Service
+    payload: SubscriptionIn, service: Service, request: Request
 ) -> dict[str, Any] | JSONResponse:
     """The signing secret is shown here once."""
     try:
@@ -38,16 +46,18 @@ async def create_subscription(
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
             content={"detail": [{"field": "url", "reason": str(exc)}]},
         )
+    record_change(request, None, subscription_out(subscription))
     return {**subscription_out(subscription), "secret": secret}
 
 
-@router.post("/subscriptions/{subscription_id}/rotate-secret")
-async def rotate_secret(subscription_id: str, service: Service) -> dict[str, str]:
+@router.post("/subscriptions/{subscription_id}/rotate-secret", dependencies=[AdminOnly])
+async def rotate_secret(subscription_id: str, service: Service, request: Request) -> dict[str, str]:
     """A new signing secret, shown once. Until the overlap ends, deliveries carry a
     signature for each secret, so receivers can switch without missing one."""
     secret = await service.rotate_secret(subscription_id)
     if secret is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+    record_change(request, {"secret": "previous"}, {"secret": "rotated"})  # never the values
     return {"id": subscription_id, "secret": secret}
 
 
@@ -57,16 +67,20 @@ class EnabledIn(BaseModel):
     enabled: bool
 
 
-@router.put("/subscriptions/{subscription_id}/enabled")
-async def set_enabled(subscription_id: str, payload: EnabledIn, service: Service) -> dict[str, Any]:
+@router.put("/subscriptions/{subscription_id}/enabled", dependencies=[AdminOnly])
+async def set_enabled(
+    subscription_id: str, payload: EnabledIn, service: Service, request: Request
+) -> dict[str, Any]:
     """Pause or resume a subscription (an endpoint answering 410 Gone pauses it too)."""
+    before = await service.get_subscription(subscription_id)
     subscription = await service.set_enabled(subscription_id, payload.enabled)
-    if subscription is None:
+    if before is None or subscription is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+    record_change(request, subscription_out(before), subscription_out(subscription))
     return subscription_out(subscription)
 
 
-@router.get("/subscriptions/{subscription_id}")
+@router.get("/subscriptions/{subscription_id}", dependencies=[AdminOnly])
 async def get_subscription(subscription_id: str, service: Service) -> dict[str, Any]:
     subscription = await service.get_subscription(subscription_id)
     if subscription is None:
@@ -74,7 +88,7 @@ async def get_subscription(subscription_id: str, service: Service) -> dict[str, 
     return subscription_out(subscription)
 
 
-@router.get("/deliveries")
+@router.get("/deliveries", dependencies=[AdminOrOperator])
 async def list_deliveries(
     service: Service,
     subscription_id: str | None = None,
@@ -98,13 +112,17 @@ async def list_deliveries(
     return [public(delivery) for delivery in deliveries]
 
 
-@router.get("/deliveries/{delivery_id}/attempts")
+@router.get("/deliveries/{delivery_id}/attempts", dependencies=[AdminOrOperator])
 async def list_attempts(delivery_id: str, service: Service) -> list[dict[str, Any]]:
     """Every attempt at one delivery: when, status, latency and a response excerpt."""
     return await service.list_attempts(delivery_id)
 
 
-@router.post("/deliveries/{delivery_id}/replay", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminOrOperator],
+)
 async def replay_delivery(delivery_id: str, service: Service) -> dict[str, Any]:
     """Send a delivered, dead or cancelled delivery again, under the same webhook-id."""
     replayed = await service.replay(delivery_id)
@@ -121,7 +139,7 @@ class ReplayDeadIn(BaseModel):
     limit: int = Field(default=1_000, ge=1, le=10_000)
 
 
-@router.post("/deliveries/replay")
+@router.post("/deliveries/replay", dependencies=[AdminOrOperator])
 async def replay_dead(payload: ReplayDeadIn, service: Service) -> dict[str, int]:
     """Replay every dead delivery created between ``since`` and ``until``."""
     return {"replayed": await service.replay_dead(payload.since, payload.until, payload.limit)}

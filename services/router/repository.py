@@ -76,9 +76,6 @@ class RouterRepository:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def find_agent_by_token_hash(self, token_hash: str) -> Document | None:
-        return await self.agents.find_one({"token_hash": token_hash})
-
     async def record_step(self, step: Document) -> None:
         """Store a decision step once; recording it again changes nothing."""
         with contextlib.suppress(DuplicateKeyError):

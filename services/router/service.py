@@ -40,7 +40,6 @@ from shared.events import (
 from shared.logging import get_logger, handling
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
-from shared.security import hash_api_key, new_api_key
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
@@ -82,6 +81,10 @@ class ItemNotFound(LookupError):
 
 class ActionRefused(Exception):
     pass
+
+
+class NotYours(Exception):
+    """An agent acting on an item offered or assigned to someone else (or to no one)."""
 
 
 class AgentIn(BaseModel):
@@ -390,7 +393,9 @@ class RouterService:
         item = await self.repository.find_item(item_id)
         if item is None:
             raise ItemNotFound(item_id)
-        if item["agent_id"] != agent_id or item["state"] not in rule.from_states:
+        if item["agent_id"] != agent_id:
+            raise NotYours(item_id)
+        if item["state"] not in rule.from_states:
             raise ActionRefused(
                 f"cannot {action.value} an item that is {item['state']} with this agent"
             )
@@ -415,16 +420,9 @@ class RouterService:
             await self.drain()
         return updated
 
-    async def agent_for_token(self, token: str) -> str | None:
-        agent = await self.repository.find_agent_by_token_hash(hash_api_key(token))
-        return str(agent["_id"]) if agent else None
-
-    async def register_agent(self, payload: AgentIn) -> tuple[Document, str]:
-        """Returns the agent and its API token, which is shown once and stored hashed."""
-        token = new_api_key("sba")
+    async def register_agent(self, payload: AgentIn) -> Document:
         agent = {
             "_id": str(uuid.uuid4()),
-            "token_hash": hash_api_key(token),
             **payload.model_dump(),
             "load": 0,
             "free": payload.capacity,
@@ -434,7 +432,7 @@ class RouterService:
         await self.repository.insert_agent(agent)
         if payload.presence == "online":
             await self.drain()
-        return agent, token
+        return agent
 
     async def set_presence(self, agent_id: str, presence: Presence) -> Document | None:
         agent = await self.repository.set_presence(agent_id, presence)

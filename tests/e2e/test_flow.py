@@ -20,7 +20,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from shared.cli import LocalSettings, read_credentials
+from shared.cli import SERVICES, LocalSettings, read_credentials
 from shared.embedded import free_port
 from tests.support import at_least, eventually, receiving
 
@@ -34,7 +34,10 @@ class System:
     credentials: dict[str, str]
 
     def admin(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_AUTH_ADMIN_TOKEN']}"}
+        return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_ADMIN_KEY']}"}
+
+    def operator(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_OPERATOR_KEY']}"}
 
     def publisher(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_PUBLISHER_KEY']}"}
@@ -87,6 +90,9 @@ def system(tmp_path: Path) -> Iterator[System]:
         process.wait()
 
 
+CUSTOMER_NAME = "Ada Quillfeather"
+CUSTOMER_EMAIL = "ada.quillfeather@example.org"
+POST_TEXT = "Three weeks late and nobody answers. Terrible."
 PUBLISHER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -98,9 +104,10 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
         customer = await http.post(
             f"{local.url('enrich')}/v1/customers",
             json={
-                "name": "Ada",
+                "name": CUSTOMER_NAME,
+                "emails": [CUSTOMER_EMAIL],
                 "tier": "platinum",
-                "identities": [{"channel": "twitter", "handle": "@ada"}],
+                "identities": [{"channel": "twitter", "handle": "@ada_quill"}],
             },
             headers=system.admin(),
         )
@@ -120,8 +127,8 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
                 "channel": "twitter",
                 "source": "e2e",
                 "external_id": "1",
-                "author": {"handle": "ADA"},
-                "text": "Three weeks late and nobody answers. Terrible.",
+                "author": {"handle": "ADA_QUILL"},
+                "text": POST_TEXT,
             },
             headers={**system.publisher(), "traceparent": PUBLISHER_TRACE},
         )
@@ -137,11 +144,12 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
         journey_url = f"{local.url('ingest')}/v1/interactions/{posted.json()['id']}/journey"
 
         async def delivered_journey() -> dict[str, Any] | None:
-            body = (await http.get(journey_url, headers=system.admin())).json()
+            body = (await http.get(journey_url, headers=system.operator())).json()
             steps = [step["step"] for step in body.get("steps", [])]
             return body if "webhook delivered" in steps else None
 
         journey = await eventually(delivered_journey, timeout_s=30)
+        metrics = [(await http.get(f"{local.url(s)}/metrics")).text for s in SERVICES]
 
     [(headers, body)] = desk.received
     event = Webhook(subscription.json()["secret"]).verify(body, headers)
@@ -177,3 +185,12 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
     os.killpg(system.process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
     assert system.process.wait(timeout=60) == 0
     assert [pid for pid in children if alive(pid)] == []
+    # Nothing secret or personal reached the logs or the metrics.
+    output = system.process.communicate()[0]
+    logs = {path.stem: path.read_text() for path in (local.home / "logs").iterdir()}
+    assert all('"service started"' in logs[service] for service in SERVICES)  # really there
+    secrets = [*system.credentials.values(), subscription.json()["secret"]]
+    personal = [POST_TEXT, "Three weeks late", CUSTOMER_NAME, CUSTOMER_EMAIL, "ada_quill"]
+    for text in (output, *logs.values(), *metrics):  # the broker's and store's logs too
+        assert [s for s in secrets if s in text] == []
+        assert [p for p in personal if p.lower() in text.lower()] == []

@@ -85,10 +85,12 @@ class Router:
         self.tokens[answer.json()["id"]] = answer.json()["token"]
         return str(answer.json()["id"])
 
+    def agent_headers(self, agent_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[agent_id]}"}
+
     async def act(self, agent_id: str, interaction_id: str, action: str) -> httpx.Response:
         return await self.http.post(
-            f"/v1/items/{interaction_id}/{action}",
-            headers={"Authorization": f"Bearer {self.tokens[agent_id]}"},
+            f"/v1/items/{interaction_id}/{action}", headers=self.agent_headers(agent_id)
         )
 
     async def save_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
@@ -259,11 +261,30 @@ async def test_only_the_agent_holding_an_item_may_act_on_it(router: Router) -> N
     too_early = await router.act(holder, item.interaction.id, "resolve")
     anonymous = await router.http.post(f"/v1/items/{item.interaction.id}/accept")
     unknown = await router.act(holder, "no-such-item", "accept")
+    accepted = await router.act(holder, item.interaction.id, "accept")
+    resolved_by_other = await router.act(other, item.interaction.id, "resolve")
+    read_by_other = await router.http.get(
+        f"/v1/items/{item.interaction.id}", headers=router.agent_headers(other)
+    )
+    read_by_holder = await router.http.get(
+        f"/v1/items/{item.interaction.id}", headers=router.agent_headers(holder)
+    )
+    other_presence = await router.http.put(
+        f"/v1/agents/{holder}/presence",
+        json={"presence": "offline"},
+        headers=router.agent_headers(other),
+    )
 
-    assert by_other.status_code == 409
+    assert by_other.status_code == 403
     assert too_early.status_code == 409
     assert anonymous.status_code == 401
     assert unknown.status_code == 404
+    assert accepted.status_code == 200
+    assert resolved_by_other.status_code == 403
+    assert read_by_other.status_code == 403
+    assert read_by_holder.status_code == 200
+    assert read_by_holder.json()["agent_id"] == holder
+    assert other_presence.status_code == 403
 
 
 async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(

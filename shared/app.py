@@ -27,7 +27,7 @@ from shared.audit import AuditLog, AuditTrail, audit_api
 from shared.events import AccessKey
 from shared.http import BodyLimit, ReadinessCheck, add_health_routes, install_error_handlers
 from shared.logging import configure_logging, get_logger
-from shared.metrics import ServiceMetrics, metrics_endpoint, service_metrics
+from shared.metrics import RequestMetrics, ServiceMetrics, metrics_endpoint, service_metrics
 from shared.outbox import Outbox, OutboxRelay
 from shared.settings import ServiceSettings
 from shared.tracing import Spans
@@ -128,6 +128,7 @@ def service_app(
         openapi_url="/openapi.json" if docs else None,
     )
     app.add_middleware(AuditTrail, audit=runtime.audit)
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes, streamed=streamed)
     app.state.runtime = runtime
     app.state.access = runtime.access

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cache
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class ServiceMetrics:
     handle_seconds: Histogram
     outbox_backlog: Gauge
     publish_lag_seconds: Histogram
+    http_requests: Counter
+    http_seconds: Histogram
 
 
 @cache
@@ -40,7 +44,48 @@ def service_metrics(service: str) -> ServiceMetrics:
             f"{prefix}_outbox_backlog",
             "Events stored but not yet published (at most one relay batch)",
         ),
+        http_requests=Counter(
+            f"{prefix}_http_requests",
+            "HTTP requests answered, by route template and status",
+            ["method", "route", "status"],
+        ),
+        http_seconds=Histogram(
+            f"{prefix}_http_request_seconds",
+            "Time to answer an HTTP request, by route template",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        ),
     )
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every request by its route template (never the
+    path itself: ids and handles would make a series per customer)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app raises before answering
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = str(getattr(scope.get("route"), "path", "unmatched"))
+            method = str(scope["method"])
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - started)
 
 
 async def metrics_endpoint(_: Request) -> Response:

@@ -204,13 +204,13 @@ def test_the_alerts_cover_what_operators_asked_for(docs: list[dict[str, Any]]) -
 def test_the_check_catches_a_metric_the_code_does_not_export() -> None:
     exprs = [
         "sum(rate(switchboard_ingest_events_in_total[5m]))",
-        'sum by (job) (rate(switchboard_ingest_http_requests_total{status=~"5.."}[5m]))',
+        "sum by (job) (rate(switchboard_ingest_http_errors_total[5m]))",
         "switchboard_router_queue_depth_total",
         "kafka_consumergroup_lag > 10",
     ]
 
     assert unknown_metrics(exprs, exported_metrics() | FROM_PROMETHEUS) == {
-        exprs[1]: {"switchboard_ingest_http_requests_total"},
+        exprs[1]: {"switchboard_ingest_http_errors_total"},
         exprs[2]: {"switchboard_router_queue_depth_total"},
         exprs[3]: {"kafka_consumergroup_lag"},
     }

@@ -9,6 +9,7 @@ retried, never skipped, so nothing is committed before it is stored.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +42,44 @@ class RawEvent:
 BatchHandler = Callable[[Sequence[RawEvent]], Awaitable[None]]
 
 
+def connection_args(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka's arguments for reaching the brokers with the configured security."""
+    args: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        args["ssl_context"] = _ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
+        args["sasl_mechanism"] = settings.sasl_mechanism
+        args["sasl_plain_username"] = settings.sasl_username
+        args["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return args
+
+
+def stream_credentials(settings: KafkaSettings) -> faust.auth.Credentials | None:
+    """The same security for the Faust consumers."""
+    protocol = settings.security_protocol
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=_ssl_context(settings) if protocol == "SASL_SSL" else None,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(_ssl_context(settings))
+    return None
+
+
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    cafile = str(settings.ssl_cafile) if settings.ssl_cafile is not None else None
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
+
 def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connection_args(settings),
         enable_idempotence=settings.idempotence,
         acks="all",
         linger_ms=2,
@@ -52,8 +88,10 @@ def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
 
 
 async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
-    """Create the topics a service uses, if they are not there yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    """Create the topics a service uses, if they are not there yet (and it may)."""
+    if not settings.create_topics:
+        return
+    admin = AIOKafkaAdminClient(**connection_args(settings))
     await admin.start()
     try:
         for name in names:
@@ -78,6 +116,7 @@ def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:
     return faust.App(
         kafka.group_id(service),
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+        broker_credentials=stream_credentials(kafka),
         store="memory://",
         datadir=str(datadir),
         web_enabled=False,

@@ -7,6 +7,7 @@ at start-up (or in a test, by hand) and passed to ``create_app(settings)``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,8 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = ""
     group_prefix: str = ""
+    # Create missing topics at start-up; off where topics are managed (Strimzi KafkaTopic).
+    create_topics: bool = True
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     idempotence: bool = False
@@ -34,6 +37,13 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.05, gt=0)
+    # How to authenticate to the brokers (Strimzi's TLS + SCRAM listener: SASL_SSL,
+    # SCRAM-SHA-512, the KafkaUser's name and password, the cluster CA certificate).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_cafile: Path | None = None  # PEM; unset: the system's trusted CAs
 
     @property
     def topics(self) -> Topics:

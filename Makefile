@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo test unit lint format bench eval-sentiment train-sentiment asyncapi manifests checkov lock clean
+.PHONY: help setup run demo test unit chaos lint format bench eval-sentiment train-sentiment asyncapi manifests checkov lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: $(STAMP) lint manifests ## Lint, type-check, validate the manifests and ru
 
 unit: $(STAMP) ## Unit tests only
 	$(BIN)/pytest -q tests/unit
+
+chaos: $(STAMP) ## The fault tests with ten times the interactions (kill -9, desk down, repeats)
+	SWITCHBOARD_FAULT_SCALE=10 $(BIN)/pytest -q -p no:cacheprovider tests/faults
 
 bench: $(STAMP) ## Benchmarks on the embedded stack, each beside its baseline
 	$(BIN)/python -m tests.bench.ingest_bench

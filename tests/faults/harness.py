@@ -1,0 +1,231 @@
+"""A whole Switchboard whose parts a test can kill: each service its own process
+(``switchboard serve NAME``) on the embedded broker and store, a real desk receiving the
+webhooks, and a publisher that keeps posting until everything it sent was taken in.
+
+Every interaction is a numbered mention with no agent online, so each becomes exactly
+one ``assignment.queued`` webhook: the desk counts them by interaction id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+
+from shared.cli import SERVICES, LocalSettings, service_env
+from shared.embedded import EmbeddedStack, free_port
+from shared.http import Server
+from tests.support import ADMIN_TOKEN, admin_headers, eventually
+
+QUEUED = "io.switchboard.assignment.queued.v1"
+# Retries close together, so a desk that comes back is reached within seconds.
+RETRIES_S = [0.2, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
+SCALE = int(os.environ.get("SWITCHBOARD_FAULT_SCALE", "1"))  # `make chaos` raises it
+
+
+@dataclass
+class Desk:
+    """The agents' desk: a real HTTP server on a fixed port that can go away and return.
+    It records each webhook's interaction id and webhook-id."""
+
+    port: int = field(default_factory=free_port)
+    received: list[tuple[str, str]] = field(default_factory=list)  # (interaction, webhook-id)
+    server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/hook")
+        async def hook(request: Request) -> Response:
+            body = json.loads(await request.body())
+            self.received.append((body["data"]["interaction_id"], request.headers["webhook-id"]))
+            return Response(status_code=204)
+
+        return app
+
+    async def up(self) -> None:
+        self.server = Server(self.app(), "127.0.0.1", self.port)
+        await self.server.start()
+
+    async def down(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    def interactions(self) -> set[str]:
+        return {interaction for interaction, _ in self.received}
+
+    def doubled(self) -> dict[str, int]:
+        """Interactions that reached the desk under more than one webhook-id: a second
+        webhook, not a retry of the first (a desk dedupes retries by webhook-id)."""
+        ids = Counter(interaction for interaction, _ in set(self.received))
+        return {interaction: n for interaction, n in ids.items() if n > 1}
+
+
+@dataclass
+class System:
+    stack: EmbeddedStack
+    home: Path
+    local: LocalSettings
+    env: dict[str, str]
+    desk: Desk
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    publisher_key: str = ""
+
+    def url(self, service: str) -> str:
+        return self.local.url(service)
+
+    def start(self, service: str) -> None:
+        log = (self.home / f"{service}.log").open("ab")
+        self.processes[service] = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "shared.cli", "serve", service],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+
+    def kill(self, service: str) -> None:
+        """kill -9: no shutdown, no flush, no goodbye to the consumer group."""
+        process = self.processes.pop(service)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    async def ready(self, *services: str) -> None:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            for service in services:
+
+                async def answers(service: str = service) -> bool:
+                    assert self.processes[service].poll() is None, f"{service} exited"
+                    try:
+                        return (await http.get(f"{self.url(service)}/readyz")).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                await eventually(answers, timeout_s=60, interval_s=0.2)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        self.processes.clear()
+
+
+@asynccontextmanager
+async def running(stack: EmbeddedStack, namespace: str, home: Path) -> AsyncIterator[System]:
+    """The four services and the desk, on fresh topics, groups and databases; a publisher
+    key and a subscription for every queued item. ``home`` (an existing directory) takes
+    the services' logs."""
+    ports = {f"{name}_port": free_port() for name in SERVICES}
+    local = LocalSettings.model_validate(
+        {"home": home, "broker_port": stack.broker_port, "store_port": stack.store_port} | ports
+    )
+    env = service_env(local, ADMIN_TOKEN) | {
+        "SWITCHBOARD_KAFKA_TOPIC_PREFIX": f"{namespace}.",
+        "SWITCHBOARD_KAFKA_GROUP_PREFIX": f"{namespace}.",
+        "SWITCHBOARD_MONGO_DATABASE_PREFIX": f"{namespace}_",
+        "SWITCHBOARD_KAFKA_SESSION_TIMEOUT_S": "3",
+        "SWITCHBOARD_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+        "SWITCHBOARD_NOTIFY_RETRY_SCHEDULE_S": json.dumps(RETRIES_S),
+        "SWITCHBOARD_NOTIFY_BREAKER_COOLDOWN_S": "1",
+        "SWITCHBOARD_LOG_LEVEL": "WARNING",
+    }
+    system = System(stack, home, local, env, Desk())
+    await system.desk.up()
+    try:
+        for service in SERVICES:
+            system.start(service)
+        await system.ready(*SERVICES)
+        async with httpx.AsyncClient(timeout=10.0, headers=admin_headers()) as http:
+            publisher = await http.post(f"{system.url('ingest')}/v1/publishers", json={"name": "p"})
+            system.publisher_key = publisher.raise_for_status().json()["api_key"]
+            subscription = await http.post(
+                f"{system.url('notify')}/v1/subscriptions",
+                json={"url": system.desk.url, "event_types": [QUEUED]},
+            )
+            subscription.raise_for_status()
+        yield system
+    finally:
+        system.stop()
+        await system.desk.down()
+
+
+def mention(n: int, run: str) -> dict[str, Any]:
+    return {
+        "channel": "twitter",
+        "source": f"faults-{run}",
+        "external_id": str(n),
+        "author": {"handle": f"@customer{n % 97}"},
+        "text": f"Order {n} has not arrived, please help",
+    }
+
+
+@dataclass
+class Publisher:
+    """Posts numbered mentions in batches and retries a batch until it is answered, as a
+    careful publisher does: ingest answers a repeat with the original id."""
+
+    system: System
+    run: str
+    ids: dict[int, str] = field(default_factory=dict)  # mention number -> interaction id
+    sent_batches: int = 0
+
+    async def post(self, numbers: range, batch: int = 50) -> None:
+        headers = {"Authorization": f"Bearer {self.system.publisher_key}"}
+        url = f"{self.system.url('ingest')}/v1/interactions"
+        async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
+            for start in range(numbers.start, numbers.stop, batch):
+                chunk = list(range(start, min(start + batch, numbers.stop)))
+                answer = await self._until_answered(http, url, chunk)
+                for number, result in zip(chunk, answer["results"], strict=True):
+                    assert result["status"] in ("accepted", "duplicate"), result
+                    self.ids[number] = result["id"]
+                self.sent_batches += 1
+
+    async def _until_answered(
+        self, http: httpx.AsyncClient, url: str, chunk: list[int]
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                answer = await http.post(url, json=[mention(n, self.run) for n in chunk])
+                if answer.status_code == 200:
+                    result: dict[str, Any] = answer.json()
+                    return result
+            except httpx.HTTPError:
+                pass  # ingest is down: try again, as a publisher would
+            assert time.monotonic() < deadline, "ingest did not come back"
+            await asyncio.sleep(0.2)
+
+
+async def all_delivered(system: System, expected: set[str], timeout_s: float = 120.0) -> None:
+    """Wait until the desk has every expected interaction, then a little longer so that a
+    late duplicate would be seen; fail naming what is missing, doubled or unexpected."""
+
+    async def complete() -> bool:
+        return expected <= system.desk.interactions()
+
+    try:
+        await eventually(complete, timeout_s=timeout_s, interval_s=0.25)
+    except AssertionError:
+        missing = sorted(expected - system.desk.interactions())
+        raise AssertionError(f"{len(missing)} never reached the desk: {missing[:20]}") from None
+    await asyncio.sleep(3.0)
+    assert system.desk.doubled() == {}, f"doubled: {system.desk.doubled()}"
+    assert system.desk.interactions() == expected, "the desk got interactions nobody posted"

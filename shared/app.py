@@ -82,6 +82,12 @@ class Runtime:
             f"{self.name}-{topic}",
         )
 
+    async def rewind_consumers(self) -> None:
+        """The broker forgot its log and the positions in it: read it again from the
+        start (every consumer dedupes by event id, so what was handled stays handled)."""
+        if self.stream is not None:
+            await kafka.rewind(self.stream)
+
     async def database_ready(self) -> str | None:
         return None if await mongo.ping(self.db) else "database unreachable"
 
@@ -109,7 +115,12 @@ def service_app(
         await runtime.audit.ensure_indexes()
         for step in startup:
             await step()
-        relay = OutboxRelay(runtime.outbox, runtime.settings.kafka, runtime.metrics)
+        relay = OutboxRelay(
+            runtime.outbox,
+            runtime.settings.kafka,
+            runtime.metrics,
+            on_broker_lost=runtime.rewind_consumers,
+        )
         runtime.tasks = [asyncio.create_task(work()) for work in (relay.run, *background)]
         try:
             async with _stream_running(runtime.stream):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -131,6 +131,28 @@ def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:
         broker_commit_interval=1.0,
         producer_acks=-1,
     )
+
+
+async def end_offsets(
+    settings: KafkaSettings, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Where each partition ends now (the offset the next record will get); a partition
+    whose topic the broker does not have ends at 0."""
+    consumer = AIOKafkaConsumer(**connection_args(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        existing = await consumer.topics()
+        present = [tp for tp in partitions if tp.topic in existing]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(present) if present else {}
+        return {tp: ends.get(tp, 0) for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
+async def rewind(app: faust.App) -> None:
+    """Read every assigned partition again from its start (after the broker lost data)."""
+    for partition in app.consumer.assignment():
+        await app.consumer.seek(partition, 0)
 
 
 def is_assigned(app: faust.App) -> bool:

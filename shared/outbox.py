@@ -5,28 +5,35 @@ caused them, and a relay publishes them to Kafka in the order they were stored.
 A broker outage delays events but loses none; a crash before publishing is
 healed by the relay on restart. An entry's id is its event's id, so storing the
 same event twice (a redelivered input recomputed) keeps one entry.
+
+A broker can also forget what it acknowledged (one that keeps its log in memory and
+restarts, or a cluster restored from an old backup). The relay notices when offsets go
+backwards, on a send or on a probe while idle, and publishes its recent window again;
+consumers dedupe by event id, so the repeats change nothing downstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from datetime import datetime
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from bson import Binary, ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.events import CloudEvent, encode, utcnow
-from shared.kafka import create_producer, ensure_topics
+from shared.kafka import create_producer, end_offsets, ensure_topics
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, only_duplicates
+from shared.mongo import Document, epoch_ms, only_duplicates
 from shared.settings import KafkaSettings
 
 log = get_logger(__name__)
@@ -59,10 +66,21 @@ class Outbox:
         return await cursor.to_list(length=limit)
 
     async def mark_published(self, ids: Sequence[str]) -> None:
+        now = utcnow()
         await self.collection.update_many(
             {"_id": {"$in": list(ids)}},
-            {"$set": {"pending": False, "published_at": utcnow()}},
+            # published_ms: numbers compare reliably in every store, dates not always.
+            {"$set": {"pending": False, "published_at": now, "published_ms": epoch_ms(now)}},
         )
+
+    async def republish_since(self, since: datetime) -> int:
+        """Make entries published at or after ``since`` pending again; returns how many."""
+        result = await self.collection.update_many(
+            {"pending": False, "published_ms": {"$gte": epoch_ms(since)}},
+            {"$set": {"pending": True}},
+        )
+        self.wakeup.set()
+        return result.modified_count
 
     async def forget(self, key: str) -> int:
         """Delete every entry stored under a Kafka key (erasure of one customer's events);
@@ -90,8 +108,50 @@ def _entry(topic: str, key: str, event: CloudEvent[Any]) -> Document:
     }
 
 
+class BrokerMemory:
+    """What the broker told the relay about the partitions it writes to, to notice the
+    broker forgetting: the offsets its sends were given, and where the partitions ended
+    at the last probe. In a healthy broker both only grow."""
+
+    def __init__(self) -> None:
+        self.acked: dict[TopicPartition, int] = {}
+        self.ends: dict[TopicPartition, int] = {}
+
+    def acknowledged(self, sent: Sequence[RecordMetadata]) -> bool:
+        """Record what a send was given; True if an offset came round again (data lost)."""
+        forgot = any(self._at_or_before_acked(md) for md in sent)
+        if forgot:
+            self.forget()
+        for md in sent:
+            key = TopicPartition(md.topic, md.partition)
+            self.acked[key] = max(md.offset, self.acked.get(key, -1))
+        return forgot
+
+    def probed(self, ends: dict[TopicPartition, int]) -> bool:
+        """Record where the partitions end now; True if one ends before it did at the last
+        probe (compared end to end: a broker may report a partition's end a little behind
+        the offsets it has just acknowledged)."""
+        forgot = any(key in self.ends and end < self.ends[key] for key, end in ends.items())
+        if forgot:
+            self.forget()
+        self.ends.update(ends)
+        return forgot
+
+    def partitions(self) -> list[TopicPartition]:
+        return sorted(self.acked.keys() | self.ends.keys())
+
+    def forget(self) -> None:
+        self.acked.clear()
+        self.ends.clear()
+
+    def _at_or_before_acked(self, md: RecordMetadata) -> bool:
+        offset: int = md.offset
+        return offset <= self.acked.get(TopicPartition(md.topic, md.partition), -1)
+
+
 class OutboxRelay:
-    """Publishes pending outbox entries in stored order, then marks them published."""
+    """Publishes pending outbox entries in stored order, then marks them published; when
+    the broker has lost data, publishes the last ``replay_window_s`` again."""
 
     def __init__(
         self,
@@ -100,13 +160,21 @@ class OutboxRelay:
         metrics: ServiceMetrics,
         poll_interval_s: float = 0.5,
         batch: int = 500,
+        replay_window_s: float = 600.0,
+        probe_interval_s: float = 2.0,
+        on_broker_lost: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
         self.batch = batch
+        self.replay_window_s = replay_window_s
+        self.probe_interval_s = probe_interval_s
+        self.memory = BrokerMemory()
+        self.on_broker_lost = on_broker_lost
         self._producer: AIOKafkaProducer | None = None
+        self._last_probe = 0.0
 
     async def run(self) -> None:
         delay = 0.2
@@ -123,6 +191,7 @@ class OutboxRelay:
                     continue
                 if published < self.batch:
                     await self._wait_for_work()
+                    await self._probe_when_due()
         finally:
             await self._drop_producer()
 
@@ -150,14 +219,39 @@ class OutboxRelay:
             )
             for entry in entries
         ]
-        await asyncio.gather(*deliveries)
+        sent = await asyncio.gather(*deliveries)
         await self.outbox.mark_published([entry["_id"] for entry in entries])
+        if self.memory.acknowledged(sent):
+            await self._republish("offsets went backwards on a send")
         now = utcnow()
         for entry in entries:
             self.metrics.events_out.labels(topic=entry["topic"]).inc()
             if isinstance(entry.get("stored_at"), datetime):
                 self.metrics.publish_lag_seconds.observe((now - entry["stored_at"]).total_seconds())
         return len(entries)
+
+    async def _probe_when_due(self) -> None:
+        """While idle, ask the broker where the partitions we wrote to end: a broker that
+        forgot them must be healed even if this service has nothing new to send."""
+        partitions = self.memory.partitions()
+        if not partitions or time.monotonic() - self._last_probe < self.probe_interval_s:
+            return
+        self._last_probe = time.monotonic()
+        try:
+            ends = await asyncio.wait_for(end_offsets(self.settings, partitions), 5.0)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.info("outbox probe failed", error=repr(exc))
+            return
+        if self.memory.probed(ends):
+            await self._republish("a partition ends before it did")
+
+    async def _republish(self, why: str) -> None:
+        since = utcnow() - timedelta(seconds=self.replay_window_s)
+        count = await self.outbox.republish_since(since)
+        log.warning("broker lost data: publishing the recent window again", why=why, events=count)
+        await self._drop_producer()  # reconnect, and recreate the topics first
+        if self.on_broker_lost is not None:  # what this service consumed was lost too
+            await self.on_broker_lost()
 
     async def _wait_for_work(self) -> None:
         self.outbox.wakeup.clear()

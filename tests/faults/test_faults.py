@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded import EmbeddedStack
+from shared.embedded import EmbeddedStack, free_port
 from tests.faults.harness import SCALE, Publisher, all_delivered, running
 from tests.support import eventually
 
@@ -64,3 +64,24 @@ async def test_every_interaction_posted_twice_reaches_the_desk_once(
 
         assert first.ids == second.ids  # the repeat is answered with the original's id
         await all_delivered(system, set(first.ids.values()))
+
+
+async def test_a_broker_that_restarts_empty_mid_stream_loses_nothing(
+    namespace: str, tmp_path: Path
+) -> None:
+    """The embedded broker keeps its log in memory: a restart forgets every topic, offset
+    and committed position. The outboxes notice and publish their recent window again."""
+    broker = EmbeddedStack(tmp_path / "stack", free_port(), free_port())
+    broker.start()
+    try:
+        async with running(broker, namespace, tmp_path) as system:
+            publisher = Publisher(system, namespace)
+            await publisher.post(range(COUNT // 3))
+            broker.stop_broker()
+            await publisher.post(range(COUNT // 3, 2 * COUNT // 3))  # stored, not yet sent
+            broker.start_broker()
+            await publisher.post(range(2 * COUNT // 3, COUNT))
+
+            await all_delivered(system, set(publisher.ids.values()), timeout_s=180)
+    finally:
+        broker.stop()

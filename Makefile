@@ -35,7 +35,8 @@ unit: $(STAMP) ## Unit tests only
 chaos: $(STAMP) ## The fault tests with ten times the interactions (kill -9, desk down, repeats)
 	SWITCHBOARD_FAULT_SCALE=10 $(BIN)/pytest -q -p no:cacheprovider tests/faults
 
-bench: $(STAMP) ## Benchmarks on the embedded stack, each beside its baseline
+bench: $(STAMP) ## End to end beside a bare-Kafka baseline (bench/results/), then ingest alone
+	$(BIN)/python -m tests.bench.e2e_bench
 	$(BIN)/python -m tests.bench.ingest_bench
 
 eval-sentiment: $(STAMP) ## Score the sentiment analyzer on held-out tweets (macro recall, speed)

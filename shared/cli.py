@@ -84,6 +84,7 @@ def service_env(local: LocalSettings, admin_token: str) -> dict[str, str]:
             "SWITCHBOARD_MONGO_URL": f"mongodb://127.0.0.1:{local.store_port}",
             "SWITCHBOARD_AUTH_ADMIN_TOKEN": admin_token,
             "SWITCHBOARD_NOTIFY_ALLOW_HOSTS": json.dumps(["127.0.0.1", "localhost"]),
+            "SWITCHBOARD_INGEST_ALLOW_HOSTS": json.dumps(["127.0.0.1", "localhost"]),
             "SWITCHBOARD_LOG_JSON_OUTPUT": "true",
         }
     )

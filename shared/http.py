@@ -52,6 +52,33 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    document_field_errors(app)
+
+
+FIELD_PROBLEM_SCHEMA = {
+    "title": "FieldProblem",
+    "type": "object",
+    "required": ["field", "reason"],
+    "properties": {
+        "field": {"type": "string", "description": "e.g. author.handle, or body"},
+        "reason": {"type": "string"},
+    },
+}
+
+
+def document_field_errors(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what a 422 carries here: ``{"detail": [{"field",
+    "reason"}]}``, not FastAPI's default ``loc``/``msg``/``type`` items."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schemas = schema.get("components", {}).get("schemas", {})
+        if "ValidationError" in schemas:
+            schemas["ValidationError"] = FIELD_PROBLEM_SCHEMA
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_service(request: Request) -> Any:

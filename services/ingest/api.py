@@ -31,6 +31,7 @@ from shared.access import (
     forbidden,
     require_subject,
 )
+from shared.egress import EndpointRefused
 from shared.events import Channel, Role
 from shared.http import app_service, public
 
@@ -250,9 +251,15 @@ async def revoke_publisher(publisher_id: str, service: Service, keys: Keys) -> N
 
 
 @router.post("/feeds", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])
-async def create_feed(payload: FeedIn, service: Service) -> dict[str, Any]:
-    """An RSS or Atom feed to listen to: each new entry becomes an interaction."""
-    return public(await service.create_feed(payload))
+async def create_feed(payload: FeedIn, service: Service, settings: Settings) -> dict[str, Any]:
+    """An RSS or Atom feed to listen to: each new entry becomes an interaction. A host
+    that resolves to a private or loopback address is refused (unless allow-listed)."""
+    try:
+        return public(await service.create_feed(payload, settings.allow_hosts))
+    except EndpointRefused as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, [{"field": "url", "reason": str(exc)}]
+        ) from exc
 
 
 @router.get("/feeds", dependencies=[AdminOnly])

@@ -13,3 +13,5 @@ class IngestSettings(ServiceSettings):
     # Per publisher, in interactions: a batch of 100 takes 100 tokens. Per process.
     rate_limit_per_s: float = Field(default=1_000.0, gt=0)
     rate_limit_burst: int = Field(default=5_000, ge=1)
+    # Feed hosts allowed to resolve to private or loopback addresses (SSRF guard).
+    allow_hosts: frozenset[str] = frozenset()

@@ -3,7 +3,8 @@
 Entries are deduped like any publisher's posts, on (source, external_id) with the feed
 as the source and the entry's id as the external id, so a poll that sees old entries
 again stores nothing new. Polls are conditional (ETag, Last-Modified) and back off
-while a feed keeps failing.
+while a feed keeps failing. A feed's host is vetted like a webhook endpoint's
+(``shared.egress``): on registration, and before every request, redirects included.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import calendar
 import contextlib
 import html
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import feedparser
 import httpx
@@ -23,12 +25,14 @@ from pydantic import ValidationError
 
 from services.ingest.repository import IngestRepository
 from services.ingest.service import IngestService, InteractionIn, Publisher
+from shared.egress import EndpointRefused, resolve_endpoint
 from shared.events import utcnow
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 
 log = get_logger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
+MAX_REDIRECTS = 3
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -67,14 +71,19 @@ class FeedPoller:
     """Polls due feeds, one claim at a time, so several ingest replicas share the work."""
 
     def __init__(
-        self, repository: IngestRepository, service: IngestService, tick_s: float = 1.0
+        self,
+        repository: IngestRepository,
+        service: IngestService,
+        allow_hosts: Collection[str] = (),
+        tick_s: float = 1.0,
     ) -> None:
         self.repository = repository
         self.service = service
+        self.allow_hosts = allow_hosts
         self.tick_s = tick_s
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=10.0, follow_redirects=True) as client:
+        async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
             while True:
                 feed = await self._claim()
                 if feed is None:
@@ -90,12 +99,12 @@ class FeedPoller:
 
     async def poll(self, client: httpx.AsyncClient, feed: Document) -> None:
         try:
-            response = await client.get(feed["url"], headers=_conditional_headers(feed))
+            response = await self.fetch(client, feed["url"], _conditional_headers(feed))
             if response.status_code == 304:
                 await self._polled(feed, {})
                 return
             response.raise_for_status()
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, EndpointRefused) as exc:
             await self._failed(feed, repr(exc))
             return
         parsed = feedparser.parse(response.content)
@@ -114,6 +123,24 @@ class FeedPoller:
                 "etag": response.headers.get("etag"),
                 "modified": response.headers.get("last-modified"),
             },
+        )
+
+    async def fetch(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        """GET the feed from the address vetted for it, following a few redirects, each
+        vetted the same way (a redirect must not lead inside the network either)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            target = await resolve_endpoint(url, self.allow_hosts)
+            extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
+            response = await client.get(
+                target.url, headers=headers | {"host": target.host}, extensions=extensions
+            )
+            if not response.is_redirect or "location" not in response.headers:
+                return response
+            url = urljoin(url, response.headers["location"])
+        raise httpx.TooManyRedirects(
+            f"more than {MAX_REDIRECTS} redirects", request=response.request
         )
 
     async def _polled(self, feed: Document, validators: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         topics.deliveries, journey_handler(DeliveryAttempt, delivery_step, journeys, metrics)
     )
     service.journeys = journeys
-    poller = FeedPoller(repository, service)
+    poller = FeedPoller(repository, service, settings.allow_hosts)
     app = service_app(
         runtime,
         [api.router],

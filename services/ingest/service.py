@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, Validat
 
 from services.ingest.journey import JourneyLog, journey
 from services.ingest.repository import IngestRepository
+from shared.egress import check_endpoint
 from shared.events import (
     INTERACTION_RECEIVED,
     INTERACTION_REJECTED,
@@ -452,7 +453,9 @@ class IngestService:
         self.publishers.pop(publisher_id, None)
         return await self.repository.revoke_publisher(publisher_id, utcnow())
 
-    async def create_feed(self, payload: FeedIn) -> Document:
+    async def create_feed(self, payload: FeedIn, allow_hosts: Collection[str]) -> Document:
+        """Raises EndpointRefused for a feed on a non-public address."""
+        await check_endpoint(str(payload.url), allow_hosts)
         feed = new_feed(payload)
         await self.repository.insert_feed(feed)
         return feed

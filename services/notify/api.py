@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from services.notify.delivery import EndpointRefused
 from services.notify.service import NotifyService, SubscriptionIn
 from shared.access import AdminOnly, AdminOrOperator
 from shared.audit import record_change
+from shared.egress import EndpointRefused
 from shared.http import app_service, public
 from shared.mongo import epoch_ms
 

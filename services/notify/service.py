@@ -21,17 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pymongo.errors import PyMongoError
 
 from services.notify.config import NotifySettings
-from services.notify.delivery import (
-    Attempt,
-    EndpointRefused,
-    check_endpoint,
-    new_signing_secret,
-    resolve_endpoint,
-    signed_headers,
-)
+from services.notify.delivery import Attempt, new_signing_secret, signed_headers
 from services.notify.delivery import attempt as send_attempt
 from services.notify.isolation import Endpoints, endpoint_key
 from services.notify.repository import NotifyRepository
+from shared.egress import EndpointRefused, check_endpoint, resolve_endpoint
 from shared.events import (
     DELIVERY_ATTEMPTED,
     DELIVERY_DEAD,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 
 from services.router.policy import CONDITION_VARIABLES, Policy, PolicyError, PolicyIn
 from services.router.service import (
@@ -120,7 +120,9 @@ async def save_policy(
 
 
 @router.get("/policy/versions/{version}", dependencies=[AdminOrOperator])
-async def get_policy_version(version: int, service: Service) -> dict[str, Any]:
+async def get_policy_version(
+    version: Annotated[int, Path(ge=1, le=2**31)], service: Service
+) -> dict[str, Any]:
     stored = await service.policy_version(version)
     if stored is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such policy version")

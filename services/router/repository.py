@@ -88,7 +88,7 @@ class RouterRepository:
         return await self.agents.find().limit(limit).to_list(length=limit)
 
     async def latest_policy(self) -> Document | None:
-        cursor = self.policies.find().sort("_id", DESCENDING).limit(1)
+        cursor = self.policies.find().sort("version", DESCENDING).limit(1)
         found = await cursor.to_list(length=1)
         return found[0] if found else None
 

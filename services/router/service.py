@@ -226,11 +226,13 @@ class RouterService:
 
     async def save_policy(self, spec: PolicyIn, saved_by: str) -> Policy:
         """Compile and store the policy as the next version; raises PolicyError."""
-        while True:
-            latest = await self.repository.latest_policy()
-            policy = Policy(spec, (latest["_id"] if latest else 0) + 1)
-            if await self.repository.insert_policy(policy_document(spec, policy.version, saved_by)):
-                break
+        latest = await self.repository.latest_policy()
+        policy = Policy(spec, (latest["_id"] if latest else 0) + 1)
+        # Another save took the number: take the next one (never re-read, never loop forever).
+        while not await self.repository.insert_policy(
+            policy_document(spec, policy.version, saved_by)
+        ):
+            policy = Policy(spec, policy.version + 1)
         self.policy = policy
         log.info("policy saved", version=policy.version, rules=len(spec.rules))
         return policy
@@ -585,6 +587,7 @@ def export_queue_gauges(stats: Iterable[QueueStats]) -> None:
 def policy_document(spec: PolicyIn, version: int, saved_by: str) -> Document:
     return {
         "_id": version,
+        "version": version,  # sorted on: some stores sort an integer _id as text
         "policy": spec.model_dump(mode="json"),
         "saved_by": saved_by,
         "saved_at": utcnow(),

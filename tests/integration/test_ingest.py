@@ -46,6 +46,7 @@ class Ingest:
 async def running_ingest(
     stack: EmbeddedStack, namespace: str, run_dir: Path, **overrides: Any
 ) -> AsyncIterator[Ingest]:
+    overrides.setdefault("allow_hosts", frozenset({"127.0.0.1"}))  # the test's feed server
     settings = service_settings(IngestSettings, stack, namespace, run_dir, **overrides)
     async with client_of(create_app(settings)) as http:
         created = await http.post(
@@ -498,3 +499,33 @@ async def _lag_observed(ingest: Ingest) -> bool:
         if line.startswith("switchboard_ingest_publish_lag_seconds_count")
     ]
     return bool(counts) and counts[0] > 0
+
+
+async def test_a_feed_inside_the_network_is_refused_and_so_is_a_redirect_into_it(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    server = FeedServer([("t-1", "hello")])
+    server_app = server.app()
+
+    @server_app.get("/moved.xml")
+    async def moved() -> Response:
+        server.requests.append({"moved": "yes"})
+        return Response(status_code=302, headers={"location": "http://10.1.2.3/feed.xml"})
+
+    async with running_ingest(stack, namespace, run_dir, allow_hosts=frozenset()) as closed:
+        inside = await closed.http.post(
+            "/v1/feeds", json={"url": "http://127.0.0.1:9/feed.xml"}, headers=admin_headers()
+        )
+    async with running_ingest(stack, namespace, run_dir) as ingest, serving(server_app) as url:
+        await ingest.http.post(
+            "/v1/feeds",
+            json={"url": f"{url}/moved.xml", "poll_interval_s": 1},
+            headers=admin_headers(),
+        )
+        [feed] = await eventually(lambda: _failing_feeds(ingest, 1), timeout_s=20)
+
+    assert inside.status_code == 422
+    assert inside.json()["detail"][0]["field"] == "url"
+    assert "non-public" in inside.json()["detail"][0]["reason"]
+    assert "EndpointRefused" in feed["last_error"]  # the redirect was vetted, not followed
+    assert "10.1.2.3" in feed["last_error"]

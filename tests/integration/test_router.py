@@ -585,3 +585,14 @@ async def test_a_body_over_the_limit_is_refused_unread_whether_declared_or_strea
         assert answer.status_code == 413
         assert answer.json()["detail"][0]["field"] == "body"
     assert small.status_code == 201
+
+
+async def test_the_latest_of_many_policy_versions_is_the_one_routing(router: Router) -> None:
+    policy = {"default_queue": "general", "queues": [{"name": "general"}], "rules": []}
+    saved = [(await router.save_policy(policy))["version"] for _ in range(11)]
+    await asyncio.sleep(2.5)  # the timer reloads the latest stored policy each tick
+
+    current = await router.http.get("/v1/policy", headers=admin_headers())
+
+    assert saved == list(range(2, 13))  # version 1 is the shipped policy
+    assert current.json()["version"] == 12  # not 9: versions are not sorted as text

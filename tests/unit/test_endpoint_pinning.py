@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.notify.delivery import EndpointRefused, check_endpoint, resolve_endpoint
+from shared.egress import EndpointRefused, check_endpoint, resolve_endpoint
 
 
 async def test_attempts_connect_to_the_vetted_address_keeping_the_name() -> None:

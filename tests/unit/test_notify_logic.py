@@ -8,13 +8,9 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.notify.delivery import (
-    EndpointRefused,
-    check_endpoint,
-    new_signing_secret,
-    signed_headers,
-)
+from services.notify.delivery import new_signing_secret, signed_headers
 from services.notify.service import body_for, next_delay, wants
+from shared.egress import EndpointRefused, check_endpoint
 from shared.events import Assignment, AssignmentStatus, CloudEvent, assignment_type, utcnow
 
 OFFERED = assignment_type(AssignmentStatus.OFFERED)

@@ -7,15 +7,14 @@ an agent never goes over capacity and an item is never offered twice.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from shared.mongo import Document, epoch_ms
+from shared.mongo import Document, epoch_ms, only_duplicates
 
 
 class RouterRepository:
@@ -78,8 +77,16 @@ class RouterRepository:
 
     async def record_step(self, step: Document) -> None:
         """Store a decision step once; recording it again changes nothing."""
-        with contextlib.suppress(DuplicateKeyError):
-            await self.decisions.insert_one(step)
+        await self.record_steps([step])
+
+    async def record_steps(self, steps: Sequence[Document]) -> None:
+        if not steps:
+            return
+        try:
+            await self.decisions.insert_many(list(steps), ordered=False)
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
 
     async def steps_for(self, item_id: str) -> list[Document]:
         return await self.decisions.find({"item_id": item_id}).to_list(length=None)
@@ -124,13 +131,19 @@ class RouterRepository:
     async def release_agent(self, agent_id: str) -> None:
         await self.agents.update_one({"_id": agent_id}, {"$inc": {"free": 1, "load": -1}})
 
-    async def insert_item(self, item: Document) -> bool:
-        """False when the item is already stored (a redelivered event)."""
+    async def insert_items(self, items: Sequence[Document]) -> set[str]:
+        """Store new items; returns the ids stored now (the others were stored before, by
+        an earlier delivery of the same events)."""
+        if not items:
+            return set()
+        ids = {item["_id"] for item in items}
         try:
-            await self.items.insert_one(item)
-        except DuplicateKeyError:
-            return False
-        return True
+            await self.items.insert_many(list(items), ordered=False)
+        except BulkWriteError as error:
+            if not only_duplicates(error):
+                raise
+            return ids - {items[e["index"]]["_id"] for e in error.details["writeErrors"]}
+        return ids
 
     async def find_item(self, item_id: str) -> Document | None:
         return await self.items.find_one({"_id": item_id})

@@ -83,6 +83,23 @@ class ActionRefused(Exception):
     pass
 
 
+@dataclass
+class Writes:
+    """What placing items owes besides the items themselves: outbox events and decision
+    steps, written together by ``flush``. A crash before it loses nothing that matters: a
+    redelivered item is found stored, and its offer event is owed again."""
+
+    events: list[tuple[str, str, CloudEvent[Any]]] = field(default_factory=list)
+    steps: list[Document] = field(default_factory=list)
+    # The agents as the decision steps describe them: read once, then kept up to date
+    # with this process's own reservations.
+    agents: list[Document] | None = None
+
+    def reserved(self, agent: Document) -> None:
+        if self.agents is not None:
+            self.agents = [agent if a["_id"] == agent["_id"] else a for a in self.agents]
+
+
 class NotYours(Exception):
     """An agent acting on an item offered or assigned to someone else (or to no one)."""
 
@@ -312,39 +329,61 @@ class RouterService:
         return {"queue": item["queue"], "priority": max(1, int(item["priority"]) - 1)}
 
     async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
-        """One at a time, in order: each item's offer depends on the ones before it."""
+        """Store the batch's new items at once, then offer them one at a time, in order
+        (each offer depends on the ones before it); their events and decision steps are
+        written together at the end."""
+        # By interaction id: a repeat within the batch is the same item.
+        routed: dict[str, tuple[CloudEvent[EnrichedInteraction], Document, Decision]] = {}
         for event in events:
-            item = event.data
-            trace = trace_id(event.traceparent)
+            routed.setdefault(event.data.interaction.id, (event, *self.route(event)))
+        fresh = await self.repository.insert_items([item for _, item, _ in routed.values()])
+        writes = Writes()
+        for event, item, decision in routed.values():
+            data = event.data
             with (
-                handling(event.id, item.interaction.id, item.customer.id, trace),
-                self.spans.span("route", event.traceparent, interaction_id=item.interaction.id),
+                handling(
+                    event.id, data.interaction.id, data.customer.id, trace_id(event.traceparent)
+                ),
+                self.spans.span("route", event.traceparent, interaction_id=data.interaction.id),
             ):
-                await self.accept_item(item, event.traceparent)
+                writes.steps.append(routed_step(item["_id"], decision))
+                await self.place(item, item["_id"] in fresh, writes)
+        await self.flush(writes)
 
-    async def accept_item(
-        self, enriched: EnrichedInteraction, traceparent: str | None = None
-    ) -> None:
-        decision = self.policy.decide(enriched)
+    def route(self, event: CloudEvent[EnrichedInteraction]) -> tuple[Document, Decision]:
+        """The item an enriched interaction becomes under the current policy."""
+        decision = self.policy.decide(event.data)
         sla_s = self.policy.sla_s(decision.queue, decision.priority)
-        item = new_item(enriched, decision, sla_s, traceparent)
-        await self.repository.record_step(routed_step(item["_id"], decision))
-        if not await self.repository.insert_item(item):
+        return new_item(event.data, decision, sla_s, event.traceparent), decision
+
+    async def place(self, item: Document, fresh: bool, writes: Writes) -> None:
+        """Offer a newly stored item, or queue it; an item stored before (a redelivered
+        event) is taken as it is now, and its offer event owed again if it was offered."""
+        if not fresh:
             stored = await self.repository.find_item(item["_id"])
             if stored is None:
                 return
             item = stored
-        if item["state"] == "queued" and not await self.offer(item):
+        if item["state"] == "queued" and not await self.offer(item, writes):
             queued = assignment_event(item, AssignmentStatus.QUEUED, None)
-            await self.outbox.add([(self.topics.assignments, item["_id"], queued)])
-            agents = await self.repository.candidate_agents()
-            await self.repository.record_step(waiting_step(item, agents))
+            writes.events.append((self.topics.assignments, item["_id"], queued))
+            writes.steps.append(waiting_step(item, await self.candidates(writes)))
             log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
         elif item["state"] == "offered":
             # Redelivered after the offer was stored: make sure its event is too.
-            await self.publish_offer(item)
+            writes.events.append((self.topics.assignments, item["_id"], offered_event(item)))
 
-    async def offer(self, item: Document) -> bool:
+    async def candidates(self, writes: Writes) -> list[Document]:
+        if writes.agents is None:
+            writes.agents = await self.repository.candidate_agents()
+        return writes.agents
+
+    async def flush(self, writes: Writes) -> None:
+        """Events first: a crash before the steps loses explanation, never an event."""
+        await self.outbox.add(writes.events)
+        await self.repository.record_steps(writes.steps)
+
+    async def offer(self, item: Document, writes: Writes) -> bool:
         """Offer a queued item to the best available agent; False if nobody can take it."""
         agent = await self.repository.reserve_agent(
             utcnow(), exclude=item.get("declined_by", []), skills=item.get("required_skills", [])
@@ -357,9 +396,9 @@ class RouterService:
         if offered is None:  # another replica got there first
             await self.repository.release_agent(agent["_id"])
             return True
-        await self.publish_offer(offered)
-        agents = await self.repository.candidate_agents()
-        await self.repository.record_step(offered_step(offered, agents, agent))
+        writes.events.append((self.topics.assignments, offered["_id"], offered_event(offered)))
+        writes.reserved(agent)
+        writes.steps.append(offered_step(offered, await self.candidates(writes), agent))
         log.info(
             "offered",
             interaction_id=offered["_id"],
@@ -368,9 +407,6 @@ class RouterService:
             priority=offered["priority"],
         )
         return True
-
-    async def publish_offer(self, item: Document) -> None:
-        await self.outbox.add([(self.topics.assignments, item["_id"], offered_event(item))])
 
     def offer_timeout_s(self, queue_name: str) -> float:
         queue = self.policy.queues.get(queue_name)
@@ -382,7 +418,10 @@ class RouterService:
         """Offer waiting work, most urgent first, while agents have room. An item nobody
         online has the skills for is passed over, not allowed to block the ones behind."""
         for item in await self.repository.queued_items(limit):
-            if not await self.offer(item) and not await self.repository.any_free_agent():
+            writes = Writes()  # written per offer: no redelivery would make it again
+            offered = await self.offer(item, writes)
+            await self.flush(writes)
+            if not offered and not await self.repository.any_free_agent():
                 return
 
     async def act(self, agent_id: str, item_id: str, action: Action) -> Document:

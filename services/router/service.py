@@ -504,6 +504,7 @@ class RouterService:
         """Give back capacity a crashed replica reserved but never used: an agent not
         offered anything for a while has exactly the load of the items it holds."""
         quiet_since = epoch_ms(utcnow()) - int(self.settings.reconcile_after_s * 1000)
+        freed = False
         for agent in await self.repository.list_agents(10_000):
             if int(agent.get("last_offer_ms", 0)) > quiet_since:
                 continue  # a reservation may be on its way to becoming an offer
@@ -512,6 +513,9 @@ class RouterService:
                 log.warning(
                     "agent load corrected", agent_id=agent["_id"], was=agent["load"], now=held
                 )
+                freed = freed or held < agent["load"]
+        if freed:
+            await self.drain()  # the capacity given back takes waiting work at once
 
     async def get_item(self, item_id: str) -> Document | None:
         return await self.repository.find_item(item_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
@@ -44,6 +46,21 @@ def epoch_ms(at: datetime) -> int:
 def only_duplicates(error: BulkWriteError) -> bool:
     """Whether a bulk insert failed only on documents that already exist."""
     return all(e.get("code") == DUPLICATE_KEY for e in error.details.get("writeErrors", []))
+
+
+async def insert_new(collection: AsyncCollection[Document], docs: Sequence[Document]) -> set[Any]:
+    """Insert the documents not stored yet (by ``_id`` or another unique key), in one
+    round trip; returns the ``_id`` of those stored now."""
+    if not docs:
+        return set()
+    refused: set[int] = set()
+    try:
+        await collection.insert_many(list(docs), ordered=False)
+    except BulkWriteError as error:
+        if not only_duplicates(error):
+            raise
+        refused = {e["index"] for e in error.details["writeErrors"]}
+    return {doc.get("_id") for n, doc in enumerate(docs) if n not in refused}
 
 
 __all__ = ["DUPLICATE_KEY", "AsyncDatabase", "Document", "DuplicateKeyError", "connect", "ping"]

@@ -13,12 +13,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
 from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInteraction
 from shared.kafka import BatchHandler, decoded
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, epoch_ms, only_duplicates
+from shared.mongo import Document, epoch_ms, insert_new
 from shared.tracing import trace_id
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -32,13 +31,7 @@ class JourneyLog:
         await self.steps.create_index("interaction_id")
 
     async def record(self, steps: Sequence[Document]) -> None:
-        if not steps:
-            return
-        try:
-            await self.steps.insert_many(list(steps), ordered=False)
-        except BulkWriteError as error:
-            if not only_duplicates(error):
-                raise
+        await insert_new(self.steps, steps)
 
     async def steps_of(self, interaction_id: str) -> list[Document]:
         return await self.steps.find({"interaction_id": interaction_id}).to_list(length=None)

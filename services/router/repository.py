@@ -12,9 +12,9 @@ from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
-from shared.mongo import Document, epoch_ms, only_duplicates
+from shared.mongo import Document, epoch_ms, insert_new
 
 
 class RouterRepository:
@@ -80,13 +80,7 @@ class RouterRepository:
         await self.record_steps([step])
 
     async def record_steps(self, steps: Sequence[Document]) -> None:
-        if not steps:
-            return
-        try:
-            await self.decisions.insert_many(list(steps), ordered=False)
-        except BulkWriteError as error:
-            if not only_duplicates(error):
-                raise
+        await insert_new(self.decisions, steps)
 
     async def steps_for(self, item_id: str) -> list[Document]:
         return await self.decisions.find({"item_id": item_id}).to_list(length=None)
@@ -134,16 +128,7 @@ class RouterRepository:
     async def insert_items(self, items: Sequence[Document]) -> set[str]:
         """Store new items; returns the ids stored now (the others were stored before, by
         an earlier delivery of the same events)."""
-        if not items:
-            return set()
-        ids = {item["_id"] for item in items}
-        try:
-            await self.items.insert_many(list(items), ordered=False)
-        except BulkWriteError as error:
-            if not only_duplicates(error):
-                raise
-            return ids - {items[e["index"]]["_id"] for e in error.details["writeErrors"]}
-        return ids
+        return await insert_new(self.items, items)
 
     async def find_item(self, item_id: str) -> Document | None:
         return await self.items.find_one({"_id": item_id})

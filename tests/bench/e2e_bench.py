@@ -51,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.cli import SERVICES, LocalSettings, read_credentials
 from shared.embedded import free_port
 from tests.bench.ingest_bench import mention
+from tests.support import children_of
 
 PORTS = ("broker", "store", "ingest", "enrich", "router", "notify", "desk")
 OFFERED = "io.switchboard.assignment.offered.v1"
@@ -377,18 +378,6 @@ def machine_busy_seconds() -> float:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     return (sum(values[:8]) - idle) / CLOCK_TICK
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def process_name(pid: int) -> str:

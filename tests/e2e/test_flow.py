@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from shared.cli import SERVICES, LocalSettings, read_credentials
 from shared.embedded import free_port
-from tests.support import at_least, eventually, receiving
+from tests.support import at_least, children_of, eventually, receiving
 
 PORTS = ("broker", "store", "ingest", "enrich", "router", "notify", "desk")
 
@@ -41,18 +41,6 @@ class System:
 
     def publisher(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credentials['SWITCHBOARD_PUBLISHER_KEY']}"}
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def alive(pid: int) -> bool:

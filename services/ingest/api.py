@@ -23,6 +23,7 @@ from services.ingest.service import (
     unpack,
 )
 from shared.access import (
+    AdminKey,
     AdminOnly,
     AdminOrOperator,
     Keys,
@@ -220,7 +221,7 @@ async def create_publisher(
     payload: PublisherIn,
     service: Service,
     keys: Keys,
-    caller: Annotated[Principal, allow(Role.ADMIN)],
+    caller: AdminKey,
 ) -> dict[str, Any]:
     """A publisher and its first key (role ``publisher``), shown here once; only its
     hash is stored. Limit it to some channels or sources, or leave those out to allow

@@ -20,6 +20,7 @@ from services.router.service import (
     RouterService,
 )
 from shared.access import (
+    AdminKey,
     AdminOnly,
     AdminOrOperator,
     Keys,
@@ -38,7 +39,6 @@ Service = Annotated[RouterService, Depends(app_service)]
 Caller = Annotated[Principal, allow(Role.ADMIN, Role.OPERATOR, Role.AGENT)]
 AgentOrAdmin = Annotated[Principal, allow(Role.ADMIN, Role.AGENT)]
 AgentKey = Annotated[Principal, allow(Role.AGENT)]
-AdminKey = Annotated[Principal, allow(Role.ADMIN)]
 
 
 def agent_out(doc: dict[str, Any]) -> dict[str, Any]:

@@ -12,12 +12,13 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from shared.events import CloudEvent, DataT, UndecodableEvent, decode
 from shared.logging import get_logger
@@ -108,12 +109,33 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
         await admin.close()
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust passes a fixed fetch wait of 1.5 s; aiokafka reads this attribute when the
+        # consumer starts, so setting it here is the one way to configure it.
+        consumer._fetch_max_wait_ms = cast(StreamTransport, transport).fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class StreamTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport, with the fetch wait taken from the settings."""
+
+    Consumer = _Consumer
+    fetch_max_wait_ms = 500
+
+
 def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:
     """A Faust app for one service: consumer group per service, no web server of its own."""
     kafka = settings.kafka
     datadir = settings.data_dir / f"faust-{service}"
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         kafka.group_id(service),
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=stream_credentials(kafka),
@@ -131,6 +153,10 @@ def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:
         broker_commit_interval=1.0,
         producer_acks=-1,
     )
+    transport = StreamTransport(app.conf.broker_consumer, app)
+    transport.fetch_max_wait_ms = kafka.fetch_max_wait_ms
+    app.transport = transport
+    return app
 
 
 async def end_offsets(

@@ -41,7 +41,6 @@ def kafka_settings(bootstrap_servers: str, namespace: str) -> KafkaSettings:
         partitions=3,
         session_timeout_s=2.0,
         heartbeat_interval_s=0.5,
-        batch_within_s=0.02,
     )
 
 

@@ -35,7 +35,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.settings import KafkaSettings
+
 MAX_RECORDS = 500
+
+
+# The services' own fetch wait, so that neither side waits on the broker longer.
+FETCH_MAX_WAIT_MS = str(KafkaSettings.model_fields["fetch_max_wait_ms"].default)
 
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
@@ -51,7 +57,9 @@ def consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
-        fetch_max_wait_ms=int(os.environ.get("BENCH_BASELINE_FETCH_MAX_WAIT_MS", "500")),
+        fetch_max_wait_ms=int(
+            os.environ.get("BENCH_BASELINE_FETCH_MAX_WAIT_MS", FETCH_MAX_WAIT_MS)
+        ),
     )
 
 

@@ -209,8 +209,23 @@ class EnrichRepository:
                 ordered=False,
             )
 
-    async def count_post(self, customer_id: str) -> None:
-        await self.customers.update_one({"_id": customer_id}, {"$inc": {"posts": 1}})
+    async def find_customers(self, customer_ids: Sequence[str]) -> dict[str, Document]:
+        """The profiles stored under these ids (aliases not followed), by id."""
+        if not customer_ids:
+            return {}
+        cursor = self.customers.find({"_id": {"$in": list(customer_ids)}})
+        return {doc["_id"]: doc async for doc in cursor}
+
+    async def count_posts(self, posts: dict[str, int], followers: dict[str, int]) -> None:
+        """Add to each customer's post count, and keep prospects' follower counts current."""
+        updates = []
+        for customer_id, count in posts.items():
+            update: Document = {"$inc": {"posts": count}}
+            if customer_id in followers:
+                update["$set"] = {"followers": followers[customer_id]}
+            updates.append(UpdateOne({"_id": customer_id}, update))
+        if updates:
+            await self.customers.bulk_write(updates, ordered=False)
 
     async def upsert_prospect(self, prospect: Document, followers: int) -> Document | None:
         """Store a prospect once, keeping its follower count current; returns it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 import uuid
 from collections.abc import AsyncIterable, Sequence
@@ -417,15 +418,22 @@ class EnrichService:
     # -- the stream ---------------------------------------------------------------
 
     async def enrich_batch(self, received: Sequence[CloudEvent[Interaction]]) -> None:
-        """Enrich each interaction and store the enriched events for publishing."""
+        """Enrich a consumed batch: authors resolved together, the enriched events and
+        post counts stored together, in a few store round trips per batch."""
+        profiles = await self.resolve_batch([event.data for event in received])
+        posts_seen: collections.Counter[str] = (
+            collections.Counter()
+        )  # this batch's earlier posts by each customer
         entries = []
-        for event in received:
+        for event, profile in zip(received, profiles, strict=True):
             with (
                 handling(event.id, event.data.id, trace_id=trace_id(event.traceparent)),
                 self.spans.span("enrich", event.traceparent, interaction_id=event.data.id),
             ):
                 started = time.perf_counter()
-                enriched = await self.enrich(event.data)
+                posts = int(profile.get("posts", 0)) + posts_seen[profile["_id"]]
+                posts_seen[profile["_id"]] += 1
+                enriched = self.enrich(event.data, profile, posts)
                 self.metrics.seconds.observe(time.perf_counter() - started)
                 log.info(
                     "enriched",
@@ -436,19 +444,21 @@ class EnrichService:
             entries.append(
                 (self.topics.enriched, enriched.customer.id, enriched_event(event, enriched))
             )
+        # A redelivered post counts twice; the engagement score is coarse enough (log
+        # scale, capped) that this cannot move a routing decision much.
+        await self.repository.count_posts(posts_seen, self.prospect_followers(received, profiles))
         await self.outbox.add(entries)
 
-    async def enrich(self, interaction: Interaction) -> EnrichedInteraction:
-        customer = await self.resolve(interaction)
+    def enrich(
+        self, interaction: Interaction, customer: Document, posts: int
+    ) -> EnrichedInteraction:
+        """What the interaction says and who said it; ``posts``: the author's posts before."""
         text = interaction.text
         language = interaction.language or self.detector.detect(text)
         sentiment = self.sentiment_of(text, language)
         intents = self.intents.detect(text)
         author = interaction.author
-        reach = influence(author.followers, author.verified, int(customer.get("posts", 0)))
-        # A redelivered post counts twice here; the engagement score is coarse enough
-        # (log scale, capped) that this cannot move a routing decision much.
-        await self.repository.count_post(customer["_id"])
+        reach = influence(author.followers, author.verified, posts)
         ref = customer_ref(customer)
         self.metrics.sentiment.labels(sentiment.label, str(sentiment.scored).lower()).inc()
         self.metrics.tiers.labels(ref.tier).inc()
@@ -461,6 +471,81 @@ class EnrichService:
             urgency=urgency(sentiment, intents, reach),
             influence=reach,
         )
+
+    @staticmethod
+    def prospect_followers(
+        received: Sequence[CloudEvent[Interaction]], profiles: Sequence[Document]
+    ) -> dict[str, int]:
+        """A prospect's follower count, as its latest post in the batch gives it."""
+        return {
+            profile["_id"]: event.data.author.followers
+            for event, profile in zip(received, profiles, strict=True)
+            if profile.get("tier") == PROSPECT
+        }
+
+    async def resolve_batch(self, interactions: Sequence[Interaction]) -> list[Document]:
+        """Each author's profile, as ``resolve`` finds it, in a few round trips per batch:
+        known authors and new ones without an email are resolved together; the rest (an
+        email to look up, a profile gone) one at a time, in order."""
+        identities = [identity_of(interaction) for interaction in interactions]
+        owners = await self.repository.owners_of(sorted(set(identities)))
+        profiles = await self.repository.find_customers(sorted(set(owners.values())))
+        alone = self.resolved_alone(interactions, identities, owners, profiles)
+        known = {i: profiles[owners[i]] for i in identities if i in owners and i not in alone}
+        new = {
+            identity: interaction
+            for identity, interaction in zip(identities, interactions, strict=True)
+            if identity not in owners and identity not in alone
+        }
+        claimed, lost = await self.new_prospects(new)
+        alone |= lost
+        resolved = []
+        for identity, interaction in zip(identities, interactions, strict=True):
+            if identity in alone:
+                resolved.append(await self.resolve(interaction))
+                continue
+            if identity in claimed:
+                known[identity] = claimed.pop(identity)
+                how = "unknown"
+            else:
+                how = "prospect" if known[identity].get("tier") == PROSPECT else "identity"
+            self.metrics.resolutions.labels(how).inc()
+            resolved.append(known[identity])
+        return resolved
+
+    @staticmethod
+    def resolved_alone(
+        interactions: Sequence[Interaction],
+        identities: Sequence[str],
+        owners: dict[str, str],
+        profiles: dict[str, Document],
+    ) -> set[str]:
+        """The identities ``resolve`` must handle one post at a time: an owner whose
+        profile is gone (erased or merged meanwhile), or a prospect or new author whose
+        post gives an email that may name a customer."""
+        alone = set()
+        for identity, interaction in zip(identities, interactions, strict=True):
+            profile = profiles.get(owners.get(identity, ""))
+            gone = identity in owners and profile is None
+            unsure = profile is None or profile.get("tier") == PROSPECT
+            if gone or (interaction.author.email and unsure):
+                alone.add(identity)
+        return alone
+
+    async def new_prospects(
+        self, new: dict[str, Interaction]
+    ) -> tuple[dict[str, Document], set[str]]:
+        """Claim each new identity for a new prospect, and store the prospects. Returns
+        the prospects by identity, and the identities claimed by someone else meanwhile."""
+        if not new:
+            return {}, set()
+        prospects = {identity: new_prospect(identity, post) for identity, post in new.items()}
+        lost = await self.repository.link_many(
+            {identity: prospect["_id"] for identity, prospect in prospects.items()}
+        )
+        claimed = {i: prospect for i, prospect in prospects.items() if i not in lost}
+        await self.repository.insert_many(list(claimed.values()))
+        return claimed, lost
 
     def sentiment_of(self, text: str, language: str | None) -> Sentiment:
         """Scored when the language is one the analyzer knows, or could not be told."""
@@ -486,15 +571,7 @@ class EnrichService:
             )
             how = "prospect" if customer is not None else "unknown"
             customer = await self.repository.upsert_prospect(
-                {
-                    "_id": customer_id,
-                    "name": author.display_name or author.handle,
-                    "tier": PROSPECT,
-                    "value": 0.0,
-                    "identities": [identity],
-                    "created_at": now_iso(),
-                },
-                author.followers,
+                {**new_prospect(identity, interaction), "_id": customer_id}, author.followers
             )
         if customer is None:  # erased between the two writes: treat the author as new
             return await self.resolve(interaction)
@@ -513,6 +590,25 @@ class EnrichService:
                 customer["_id"], {"$addToSet": {"identities": identity}}
             )
         return await self.repository.find_customer(customer["_id"]) or customer
+
+
+def identity_of(interaction: Interaction) -> str:
+    return normalise_identity(interaction.channel, interaction.author.handle)
+
+
+def new_prospect(identity: str, interaction: Interaction) -> Document:
+    """A profile for an author nobody knows yet, known from its next post on."""
+    author = interaction.author
+    return {
+        "_id": str(uuid.uuid4()),
+        "name": author.display_name or author.handle,
+        "tier": PROSPECT,
+        "value": 0.0,
+        "identities": [identity],
+        "followers": author.followers,
+        "posts": 0,
+        "created_at": now_iso(),
+    }
 
 
 def imported_update(row: ImportRow) -> Document:

@@ -189,6 +189,39 @@ async def test_an_author_without_a_known_handle_resolves_by_email(enrich: Enrich
     assert [r.customer.tier for r in results] == ["gold", "gold"]
 
 
+async def test_posts_handled_together_resolve_as_they_would_one_by_one(
+    enrich: Enrich,
+) -> None:
+    ada = await create(
+        enrich,
+        name="Ada",
+        tier="gold",
+        emails=["ada@example.com"],
+        identities=[{"channel": "twitter", "handle": "@ada"}],
+    )
+    posts = [
+        interaction("@newcomer", followers=10),
+        interaction("@ada"),
+        interaction("@newcomer", followers=20),
+        interaction("@ada_alt", email="ADA@example.com"),
+        interaction("@newcomer", followers=30),
+    ]
+
+    await enrich.send(*posts)
+    results = {r.interaction.id: r for r in await enrich.enriched(len(posts))}
+
+    newcomer = {results[p.id].customer.id for p in posts if p.author.handle == "@newcomer"}
+    assert len(newcomer) == 1  # one prospect, however many of its posts came at once
+    assert [results[p.id].customer.id for p in posts[1::2]] == [ada["id"], ada["id"]]
+    prospect = (
+        await enrich.http.get(f"/v1/customers/{newcomer.pop()}", headers=admin_headers())
+    ).json()
+    assert (prospect["tier"], prospect["posts"], prospect["followers"]) == ("prospect", 3, 30)
+    customer = (await enrich.http.get(f"/v1/customers/{ada['id']}", headers=admin_headers())).json()
+    assert customer["posts"] == 2
+    assert "twitter:ada_alt" in customer["identities"]
+
+
 async def test_a_merged_profiles_old_id_resolves_to_the_survivor(enrich: Enrich) -> None:
     survivor = await create(enrich, name="Ada", tier="platinum", emails=["ada@example.com"])
     old = await create(

@@ -7,14 +7,18 @@ an agent never goes over capacity and an item is never offered twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.mongo import Document, epoch_ms, insert_new
+
+# The most agents a decision step lists (and a batch of offers chooses among at once).
+CANDIDATES_READ = 200
 
 
 class RouterRepository:
@@ -85,7 +89,7 @@ class RouterRepository:
     async def steps_for(self, item_id: str) -> list[Document]:
         return await self.decisions.find({"item_id": item_id}).to_list(length=None)
 
-    async def candidate_agents(self, limit: int = 200) -> list[Document]:
+    async def candidate_agents(self, limit: int = CANDIDATES_READ) -> list[Document]:
         return await self.agents.find().limit(limit).to_list(length=limit)
 
     async def latest_policy(self) -> Document | None:
@@ -121,6 +125,55 @@ class RouterRepository:
             sort=[("free", DESCENDING), ("last_offer_ms", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
+
+    async def reserve_agents(self, units: dict[str, int], at: datetime) -> set[str]:
+        """Take ``units[agent]`` units of capacity from each agent, one conditional update
+        each, sent together; the agents that were still online with that much free."""
+
+        async def take(agent_id: str, count: int) -> bool:
+            result = await self.agents.update_one(
+                {"_id": agent_id, "presence": "online", "free": {"$gte": count}},
+                {"$inc": {"free": -count, "load": count}, "$set": {"last_offer_ms": epoch_ms(at)}},
+            )
+            return result.modified_count == 1
+
+        taken = await asyncio.gather(*(take(agent, count) for agent, count in units.items()))
+        return {agent for agent, took in zip(units, taken, strict=True) if took}
+
+    async def offer_items(self, offers: Sequence[Document]) -> set[str]:
+        """Move queued items to their agents in one write (``offers``: each item as
+        offered); the ids moved now. One another replica moved first stays as it is."""
+        if not offers:
+            return set()
+        result = await self.items.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": offer["_id"], "state": "queued"},
+                    {
+                        "$set": {
+                            "state": "offered",
+                            "agent_id": offer["agent_id"],
+                            "offered_at": offer["offered_at"],
+                            "offer_expires_ms": offer["offer_expires_ms"],
+                        },
+                        "$inc": {"offer": 1},
+                    },
+                )
+                for offer in offers
+            ],
+            ordered=False,
+        )
+        if result.modified_count == len(offers):
+            return {offer["_id"] for offer in offers}
+        mine = {offer["_id"]: offer for offer in offers}
+        stored = self.items.find({"_id": {"$in": list(mine)}})
+        return {
+            doc["_id"]
+            async for doc in stored
+            if doc["state"] == "offered"
+            and doc["agent_id"] == mine[doc["_id"]]["agent_id"]
+            and doc.get("offer_expires_ms") == mine[doc["_id"]]["offer_expires_ms"]
+        }
 
     async def release_agent(self, agent_id: str) -> None:
         await self.agents.update_one({"_id": agent_id}, {"$inc": {"free": 1, "load": -1}})

@@ -4,6 +4,7 @@ it to the best available agent. Every change of an assignment is an event."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from services.router.decisions import (
     waiting_step,
 )
 from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
-from services.router.repository import RouterRepository
+from services.router.repository import CANDIDATES_READ, RouterRepository
 from shared.events import (
     SLA_BREACHED,
     Assignment,
@@ -98,6 +99,35 @@ class Writes:
     def reserved(self, agent: Document) -> None:
         if self.agents is not None:
             self.agents = [agent if a["_id"] == agent["_id"] else a for a in self.agents]
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An item as offered to an agent, the agent as it is after the offer took a unit of
+    its capacity, and every agent as they stood then (for the decision step)."""
+
+    item: Document
+    agent: Document
+    agents: list[Document]
+
+
+def best_agent(agents: Sequence[Document], item: Document) -> Document | None:
+    """The agent ``RouterRepository.reserve_agent`` would choose among ``agents``: online,
+    with every skill needed, not one that declined the item, with free capacity; the most
+    free, then the longest idle."""
+    needed = set(item.get("required_skills", []))
+    declined = set(item.get("declined_by", []))
+    able = [
+        agent
+        for agent in agents
+        if agent.get("presence") == "online"
+        and int(agent["free"]) > 0
+        and agent["_id"] not in declined
+        and needed <= set(agent.get("skills", []))
+    ]
+    return min(
+        able, key=lambda a: (-int(a["free"]), int(a.get("last_offer_ms") or 0)), default=None
+    )
 
 
 class NotYours(Exception):
@@ -329,15 +359,17 @@ class RouterService:
         return {"queue": item["queue"], "priority": max(1, int(item["priority"]) - 1)}
 
     async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
-        """Store the batch's new items at once, then offer them one at a time, in order
-        (each offer depends on the ones before it); their events and decision steps are
-        written together at the end."""
+        """Store the batch's new items at once, offer them together, in order, to agents
+        chosen from one read of the agents; what that could not settle (a redelivered
+        item, a reservation another replica won) is placed one item at a time. Events and
+        decision steps are written together at the end."""
         # By interaction id: a repeat within the batch is the same item.
         routed: dict[str, tuple[CloudEvent[EnrichedInteraction], Document, Decision]] = {}
         for event in events:
             routed.setdefault(event.data.interaction.id, (event, *self.route(event)))
         fresh = await self.repository.insert_items([item for _, item, _ in routed.values()])
         writes = Writes()
+        offers = await self.offer_together([routed[i][1] for i in routed if i in fresh], writes)
         for event, item, decision in routed.values():
             data = event.data
             with (
@@ -347,8 +379,78 @@ class RouterService:
                 self.spans.span("route", event.traceparent, interaction_id=data.interaction.id),
             ):
                 writes.steps.append(routed_step(item["_id"], decision))
-                await self.place(item, item["_id"] in fresh, writes)
+                outcome = offers.get(item["_id"], "unsettled")
+                if isinstance(outcome, Offer):
+                    self.record_offer(outcome, writes)
+                elif outcome == "no agent":
+                    await self.wait_in_queue(item, writes)
+                else:
+                    await self.place(item, item["_id"] in fresh, writes)
         await self.flush(writes)
+
+    async def offer_together(
+        self, items: Sequence[Document], writes: Writes
+    ) -> dict[str, Offer | Literal["no agent"]]:
+        """Offer queued items in order, each to the agent ``reserve_agent`` would choose,
+        in three round trips for the lot: the agents read, their capacity reserved, the
+        items moved. An item missing from the answer is left for ``place``."""
+        if not items:
+            return {}
+        agents = await self.candidates(writes)
+        every_agent_read = len(agents) < CANDIDATES_READ  # else an able one may be unread
+        now = utcnow()
+        chosen: dict[str, Offer | Literal["no agent"]] = {}
+        for item in items:
+            agent = best_agent(agents, item)
+            if agent is None:
+                if every_agent_read:
+                    chosen[item["_id"]] = "no agent"
+                continue
+            taken = {**agent, "free": agent["free"] - 1, "load": agent["load"] + 1}
+            agents = [taken if a["_id"] == agent["_id"] else a for a in agents]
+            expires = now + timedelta(seconds=self.offer_timeout_s(item["queue"]))
+            offered = {
+                **item,
+                "state": "offered",
+                "agent_id": agent["_id"],
+                "offered_at": now,
+                "offer_expires_ms": epoch_ms(expires),
+                "offer": int(item["offer"]) + 1,
+            }
+            chosen[item["_id"]] = Offer(offered, taken, agents)
+        offers = [offer for offer in chosen.values() if isinstance(offer, Offer)]
+        units = collections.Counter(offer.agent["_id"] for offer in offers)
+        reserved = await self.repository.reserve_agents(dict(units), now)
+        moved = await self.repository.offer_items(
+            [offer.item for offer in offers if offer.agent["_id"] in reserved]
+        )
+        for offer in offers:
+            if offer.item["_id"] not in moved:
+                del chosen[offer.item["_id"]]  # place() tries again, one at a time
+                if offer.agent["_id"] in reserved:
+                    await self.repository.release_agent(offer.agent["_id"])
+        # The decision steps describe agents as this batch expected to find them; a
+        # reservation lost to another replica is the one case where they are off.
+        writes.agents = agents
+        return chosen
+
+    def record_offer(self, offer: Offer, writes: Writes) -> None:
+        item = offer.item
+        writes.events.append((self.topics.assignments, item["_id"], offered_event(item)))
+        writes.steps.append(offered_step(item, offer.agents, offer.agent))
+        log.info(
+            "offered",
+            interaction_id=item["_id"],
+            agent_id=offer.agent["_id"],
+            queue=item["queue"],
+            priority=item["priority"],
+        )
+
+    async def wait_in_queue(self, item: Document, writes: Writes) -> None:
+        queued = assignment_event(item, AssignmentStatus.QUEUED, None)
+        writes.events.append((self.topics.assignments, item["_id"], queued))
+        writes.steps.append(waiting_step(item, await self.candidates(writes)))
+        log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
 
     def route(self, event: CloudEvent[EnrichedInteraction]) -> tuple[Document, Decision]:
         """The item an enriched interaction becomes under the current policy."""
@@ -365,10 +467,7 @@ class RouterService:
                 return
             item = stored
         if item["state"] == "queued" and not await self.offer(item, writes):
-            queued = assignment_event(item, AssignmentStatus.QUEUED, None)
-            writes.events.append((self.topics.assignments, item["_id"], queued))
-            writes.steps.append(waiting_step(item, await self.candidates(writes)))
-            log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
+            await self.wait_in_queue(item, writes)
         elif item["state"] == "offered":
             # Redelivered after the offer was stored: make sure its event is too.
             writes.events.append((self.topics.assignments, item["_id"], offered_event(item)))

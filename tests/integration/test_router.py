@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -482,8 +483,27 @@ async def test_more_capacity_takes_waiting_work_at_once(router: Router) -> None:
 
     assert patched.status_code == 200
     assert (patched.json()["capacity"], patched.json()["skills"]) == (2, ["es"])
-    assert [o.interaction_id for o in offers] == [first.interaction.id, second.interaction.id]
+    # Two items, two partitions: the topic gives no order between them.
+    assert {o.interaction_id for o in offers} == {first.interaction.id, second.interaction.id}
     assert [(a["id"], a["load"], a["free"]) for a in listed] == [(agent, 2, 0)]
+
+
+async def test_a_burst_is_shared_out_to_capacity_and_the_rest_waits(router: Router) -> None:
+    agents = [await router.agent(capacity=2) for _ in range(3)]
+    burst = [enriched() for _ in range(10)]
+    await router.send(*burst)
+
+    offers = await router.offers(6, settle_s=1.0)
+    queued = await router.assignments(4, keep=lambda e: e.data.status == "queued")
+    listed = (await router.http.get("/v1/agents", headers=admin_headers())).json()["agents"]
+
+    offered_ids = [o.interaction_id for o in offers]
+    assert len(offered_ids) == len(set(offered_ids)) == 6
+    assert collections.Counter(o.agent_id for o in offers) == dict.fromkeys(agents, 2)
+    assert {q.interaction_id for q in queued} == {b.interaction.id for b in burst} - set(
+        offered_ids
+    )
+    assert {(a["id"], a["load"], a["free"]) for a in listed} == {(a, 2, 0) for a in agents}
 
 
 async def test_capacity_a_crashed_replica_reserved_is_given_back(

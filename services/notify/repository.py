@@ -58,7 +58,9 @@ class NotifyRepository:
         If this worker dies mid-attempt, the lease runs out and the delivery is tried again.
         """
         return await self.deliveries.find_one_and_update(
-            {"status": "pending", "next_attempt_ms": {"$lte": epoch_ms(now)}},
+            # $eq, not a bare value: the embedded store answers it from the index rather
+            # than scanning every delivery ever made (the same match in MongoDB).
+            {"status": {"$eq": "pending"}, "next_attempt_ms": {"$lte": epoch_ms(now)}},
             {"$set": {"next_attempt_ms": epoch_ms(lease_until)}},
             sort=[("next_attempt_ms", ASCENDING)],
             return_document=ReturnDocument.AFTER,

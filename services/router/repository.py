@@ -3,6 +3,10 @@ and policies (every saved routing policy, by version).
 
 Every change that two router replicas could race on is one conditional update, so
 an agent never goes over capacity and an item is never offered twice.
+
+Fields are matched with an explicit ``$eq`` (the same match in MongoDB): the embedded
+store reads a bare value as "equal, or an array holding it", which no index answers, so
+it would scan the items, which grow by one per interaction, on every timer tick.
 """
 
 from __future__ import annotations
@@ -27,6 +31,21 @@ class RouterRepository:
         self.items = db["items"]
         self.policies = db["policies"]
         self.decisions = db["decisions"]
+
+    async def items_in(
+        self, states: Sequence[str], match: Document | None = None, limit: int = 0
+    ) -> list[Document]:
+        """Items in any of ``states`` (and matching ``match``): one indexed query per state,
+        as the embedded store scans the collection for ``$in`` and ``$or``."""
+        found: list[Document] = []
+        for state in states:
+            cursor = self.items.find({"state": {"$eq": state}, **(match or {})})
+            if limit:
+                cursor = cursor.limit(limit - len(found))
+            found += await cursor.to_list(length=None)
+            if limit and len(found) >= limit:
+                break
+        return found
 
     async def ensure_indexes(self) -> None:
         await self.decisions.create_index("item_id")
@@ -61,8 +80,8 @@ class RouterRepository:
 
     async def held_items(self, agent_id: str) -> int:
         """Items offered to or accepted by the agent: what its load should be."""
-        cursor = self.items.find({"agent_id": agent_id, "state": {"$in": ["offered", "accepted"]}})
-        return len(await cursor.to_list(length=None))
+        held = await self.items_in(("offered", "accepted"), {"agent_id": {"$eq": agent_id}})
+        return len(held)
 
     async def correct_load(self, agent: Document, load: int) -> bool:
         """Set the agent's load to ``load`` if nothing reserved or released meanwhile."""
@@ -87,7 +106,7 @@ class RouterRepository:
         await insert_new(self.decisions, steps)
 
     async def steps_for(self, item_id: str) -> list[Document]:
-        return await self.decisions.find({"item_id": item_id}).to_list(length=None)
+        return await self.decisions.find({"item_id": {"$eq": item_id}}).to_list(length=None)
 
     async def candidate_agents(self, limit: int = CANDIDATES_READ) -> list[Document]:
         return await self.agents.find().limit(limit).to_list(length=limit)
@@ -114,7 +133,7 @@ class RouterRepository:
         """Take one unit of capacity from the best online agent with every skill needed:
         most free capacity, then longest idle. One conditional update, so two replicas
         can never push an agent over capacity."""
-        wanted: Document = {"presence": "online", "free": {"$gt": 0}}
+        wanted: Document = {"presence": {"$eq": "online"}, "free": {"$gt": 0}}
         if exclude:
             wanted["_id"] = {"$nin": list(exclude)}
         if skills:  # never an empty $all: the embedded store would match nothing
@@ -216,20 +235,14 @@ class RouterRepository:
 
     async def expired_offers(self, now: datetime, limit: int = 100) -> list[Document]:
         cursor = self.items.find(
-            {"state": "offered", "offer_expires_ms": {"$lte": epoch_ms(now)}}
+            {"state": {"$eq": "offered"}, "offer_expires_ms": {"$lte": epoch_ms(now)}}
         ).limit(limit)
         return await cursor.to_list(length=limit)
 
     async def overdue_items(self, now: datetime, limit: int = 100) -> list[Document]:
         """Waiting items past their first-response target, not yet escalated."""
-        cursor = self.items.find(
-            {
-                "state": {"$in": ["queued", "offered"]},
-                "sla_due_ms": {"$lte": epoch_ms(now)},
-                "sla_breached_ms": None,
-            }
-        ).limit(limit)
-        return await cursor.to_list(length=limit)
+        overdue = {"sla_due_ms": {"$lte": epoch_ms(now)}, "sla_breached_ms": {"$eq": None}}
+        return await self.items_in(("queued", "offered"), overdue, limit)
 
     async def mark_breached(
         self, item_id: str, now: datetime, escalation: Document
@@ -243,20 +256,20 @@ class RouterRepository:
         )
 
     async def any_free_agent(self) -> bool:
-        return await self.agents.find_one({"presence": "online", "free": {"$gt": 0}}) is not None
+        free = {"presence": {"$eq": "online"}, "free": {"$gt": 0}}
+        return await self.agents.find_one(free) is not None
 
     async def waiting_items(self) -> list[Document]:
         """Every item waiting for an agent or an answer to its offer, for queue statistics."""
-        cursor = self.items.find({"state": {"$in": ["queued", "offered"]}})
-        return await cursor.to_list(length=None)
+        return await self.items_in(("queued", "offered"))
 
     async def online_agents(self) -> list[Document]:
-        return await self.agents.find({"presence": "online"}).to_list(length=None)
+        return await self.agents.find({"presence": {"$eq": "online"}}).to_list(length=None)
 
     async def queued_items(self, limit: int) -> list[Document]:
         """Waiting items, most urgent first: priority, then age."""
         cursor = (
-            self.items.find({"state": "queued"})
+            self.items.find({"state": {"$eq": "queued"}})
             .sort([("priority", ASCENDING), ("enqueued_at", ASCENDING)])
             .limit(limit)
         )

@@ -85,8 +85,34 @@ class Runtime:
     async def rewind_consumers(self) -> None:
         """The broker forgot its log and the positions in it: read it again from the
         start (every consumer dedupes by event id, so what was handled stays handled)."""
-        if self.stream is not None:
+        if self.stream is None:
+            return
+        try:
             await kafka.rewind(self.stream)
+        except Exception as exc:  # the watch below tries again while positions are past the end
+            log.warning("rewinding the consumers failed", error=repr(exc))
+
+    async def watch_for_lost_log(self, relay: OutboxRelay, interval_s: float = 0.5) -> None:
+        """Notice a broker that lost its log from this service's own consumers, whether or
+        not its relay noticed: a consumer positioned past a partition's end would wait for
+        offsets the new log has not reached, and pass over everything published again
+        below them. Then read everything again, and publish the recent window again."""
+        while self.stream is not None:
+            await asyncio.sleep(interval_s)
+            if not kafka.is_assigned(self.stream):
+                continue
+            try:
+                lost = await kafka.partitions_past_their_end(self.stream)
+            except Exception as exc:  # a rebalance or a reconnection under way: look again
+                log.debug("consumer positions unreadable", error=repr(exc))
+                continue
+            if lost:
+                log.warning(
+                    "broker lost data: consumers are past a partition's end, reading again",
+                    partitions=[f"{tp.topic}[{tp.partition}]" for tp in lost],
+                )
+                relay.republish_window("a consumer is past a partition's end")
+                await self.rewind_consumers()
 
     async def database_ready(self) -> str | None:
         return None if await mongo.ping(self.db) else "database unreachable"
@@ -121,7 +147,11 @@ def service_app(
             runtime.metrics,
             on_broker_lost=runtime.rewind_consumers,
         )
-        runtime.tasks = [asyncio.create_task(work()) for work in (relay.run, *background)]
+        runtime.tasks = [
+            asyncio.create_task(relay.run()),
+            asyncio.create_task(runtime.watch_for_lost_log(relay)),
+            *(asyncio.create_task(work()) for work in background),
+        ]
         try:
             async with _stream_running(runtime.stream):
                 log.info("service started", service=runtime.name, port=runtime.settings.port)

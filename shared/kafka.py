@@ -9,8 +9,9 @@ retried, never skipped, so nothing is committed before it is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from shared.events import CloudEvent, DataT, UndecodableEvent, decode
 from shared.logging import get_logger
@@ -122,6 +124,31 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def read_again_from_start(self, drain_timeout_s: float) -> None:
+        """Read every assigned partition again from offset 0, moving the consumer the way
+        a rebalance does: fetching stopped, what was handed out handled and acknowledged,
+        the offsets kept for the old log dropped (they mean nothing in the new one, and
+        would hold back or corrupt its commits), then the seek."""
+        partitions = self.assignment()
+        self.stop_flow()
+        try:
+            await self.wait_for_stopped_flow()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_empty(), drain_timeout_s)
+            for tp in partitions:
+                self._forget_offsets(tp)
+            await self.seek_wait(dict.fromkeys(partitions, 0))
+        finally:
+            self.resume_flow()
+
+    def _forget_offsets(self, tp: TP) -> None:
+        # What Faust drops for a revoked partition.
+        self._gap.pop(tp, None)
+        self._acked.pop(tp, None)
+        self._acked_index.pop(tp, None)
+        self._read_offset.pop(tp, None)
+        self._committed_offset.pop(tp, None)
+
 
 class StreamTransport(faust_aiokafka.Transport):
     """Faust's aiokafka transport, with the fetch wait taken from the settings."""
@@ -175,10 +202,39 @@ async def end_offsets(
         await consumer.stop()
 
 
-async def rewind(app: faust.App) -> None:
+async def rewind(app: faust.App, drain_timeout_s: float = 10.0) -> None:
     """Read every assigned partition again from its start (after the broker lost data)."""
-    for partition in app.consumer.assignment():
-        await app.consumer.seek(partition, 0)
+    consumer = app.consumer
+    assert isinstance(consumer, _Consumer), "the app was not made by create_stream_app"
+    await consumer.read_again_from_start(drain_timeout_s)
+
+
+def past_their_end(
+    positions: Mapping[TopicPartition, int | None], ends: Mapping[TopicPartition, int | None]
+) -> list[TopicPartition]:
+    """The partitions whose read position is beyond their end. A broker that keeps its log
+    never ends a partition before a position its records led a consumer to, so these mean
+    the broker lost the log (an in-memory broker restarted) and the consumer would wait
+    for offsets it has in fact never seen. Unknown positions or ends prove nothing."""
+    return sorted(
+        tp
+        for tp, position in positions.items()
+        if position is not None and (end := ends.get(tp)) is not None and position > end
+    )
+
+
+async def partitions_past_their_end(app: faust.App, timeout_s: float = 2.0) -> list[TopicPartition]:
+    """``past_their_end`` for the app's consumer, from its fetch positions and the ends the
+    broker reported with its last fetch responses (no request of its own)."""
+    consumer = app.consumer
+    positions: dict[TopicPartition, int | None] = {}
+    ends: dict[TopicPartition, int | None] = {}
+    for tp in consumer.assignment():
+        # Position first, end after: an end only grows between two fetches and a position
+        # never passes the end its own fetch reported, so this order cannot see a false loss.
+        positions[tp] = await asyncio.wait_for(consumer.position(tp), timeout_s)
+        ends[tp] = consumer.highwater(tp)
+    return past_their_end(positions, ends)
 
 
 def is_assigned(app: faust.App) -> bool:

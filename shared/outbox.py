@@ -8,8 +8,9 @@ same event twice (a redelivered input recomputed) keeps one entry.
 
 A broker can also forget what it acknowledged (one that keeps its log in memory and
 restarts, or a cluster restored from an old backup). The relay notices when offsets go
-backwards, on a send or on a probe while idle, and publishes its recent window again;
-consumers dedupe by event id, so the repeats change nothing downstream.
+backwards, on a send or on a probe while idle, or is told (the service's consumers found
+themselves past a partition's end), and publishes its recent window again; consumers
+dedupe by event id, so the repeats change nothing downstream.
 """
 
 from __future__ import annotations
@@ -175,12 +176,14 @@ class OutboxRelay:
         self.on_broker_lost = on_broker_lost
         self._producer: AIOKafkaProducer | None = None
         self._last_probe = 0.0
+        self._lost_elsewhere: str | None = None  # why, when the loss was seen elsewhere
 
     async def run(self) -> None:
         delay = 0.2
         try:
             while True:
                 try:
+                    await self._republish_if_told()
                     published = await self.publish_pending()
                     delay = 0.2
                 except (KafkaError, PyMongoError, OSError) as exc:
@@ -222,7 +225,7 @@ class OutboxRelay:
         sent = await asyncio.gather(*deliveries)
         await self.outbox.mark_published([entry["_id"] for entry in entries])
         if self.memory.acknowledged(sent):
-            await self._republish("offsets went backwards on a send")
+            await self._noticed_loss("offsets went backwards on a send")
         now = utcnow()
         for entry in entries:
             self.metrics.events_out.labels(topic=entry["topic"]).inc()
@@ -243,15 +246,30 @@ class OutboxRelay:
             log.info("outbox probe failed", error=repr(exc))
             return
         if self.memory.probed(ends):
-            await self._republish("a partition ends before it did")
+            await self._noticed_loss("a partition ends before it did")
+
+    def republish_window(self, why: str) -> None:
+        """Publish the recent window again at the relay's next turn: the broker lost data,
+        seen by something other than this relay (the service's consumers)."""
+        self._lost_elsewhere = why
+        self.outbox.wakeup.set()
+
+    async def _republish_if_told(self) -> None:
+        if self._lost_elsewhere is not None:
+            await self._republish(self._lost_elsewhere)
+            self._lost_elsewhere = None  # only once it is done: a failure retries it
+
+    async def _noticed_loss(self, why: str) -> None:
+        await self._republish(why)
+        if self.on_broker_lost is not None:  # what this service consumed was lost too
+            await self.on_broker_lost()
 
     async def _republish(self, why: str) -> None:
         since = utcnow() - timedelta(seconds=self.replay_window_s)
         count = await self.outbox.republish_since(since)
         log.warning("broker lost data: publishing the recent window again", why=why, events=count)
+        self.memory.forget()  # offsets from here on are the new log's
         await self._drop_producer()  # reconnect, and recreate the topics first
-        if self.on_broker_lost is not None:  # what this service consumed was lost too
-            await self.on_broker_lost()
 
     async def _wait_for_work(self) -> None:
         self.outbox.wakeup.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import datetime
 from typing import Any
@@ -52,19 +53,43 @@ class NotifyRepository:
             if not only_duplicates(error):
                 raise
 
-    async def claim_due(self, now: datetime, lease_until: datetime) -> Document | None:
-        """Take the most overdue pending delivery, leasing it so no other worker takes it too.
+    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[Document]:
+        """Take up to ``limit`` of the most overdue pending deliveries, leasing them so no
+        other worker takes them too (those another worker leased first are left out).
 
         If this worker dies mid-attempt, the lease runs out and the delivery is tried again.
         """
-        return await self.deliveries.find_one_and_update(
-            # $eq, not a bare value: the embedded store answers it from the index rather
-            # than scanning every delivery ever made (the same match in MongoDB).
-            {"status": {"$eq": "pending"}, "next_attempt_ms": {"$lte": epoch_ms(now)}},
-            {"$set": {"next_attempt_ms": epoch_ms(lease_until)}},
-            sort=[("next_attempt_ms", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
-        )
+        return await self.lease(await self.due(now, limit), lease_until)
+
+    async def due(self, now: datetime, limit: int) -> list[Document]:
+        # $eq, not a bare value: the embedded store answers it from the index rather than
+        # scanning every delivery ever made (the same match in MongoDB).
+        due = {"status": {"$eq": "pending"}, "next_attempt_ms": {"$lte": epoch_ms(now)}}
+        cursor = self.deliveries.find(due).sort("next_attempt_ms", ASCENDING).limit(limit)
+        return await cursor.to_list(length=limit)
+
+    async def lease(self, deliveries: list[Document], until: datetime) -> list[Document]:
+        """Lease the deliveries still pending and due when they were read: one conditional
+        update each, sent together; returns those leased, as they are now."""
+        until_ms = epoch_ms(until)
+
+        async def take(delivery: Document) -> bool:
+            result = await self.deliveries.update_one(
+                {
+                    "_id": delivery["_id"],
+                    "status": {"$eq": "pending"},
+                    "next_attempt_ms": {"$eq": delivery["next_attempt_ms"]},
+                },
+                {"$set": {"next_attempt_ms": until_ms}},
+            )
+            return result.modified_count == 1
+
+        taken = await asyncio.gather(*(take(delivery) for delivery in deliveries))
+        return [
+            {**delivery, "next_attempt_ms": until_ms}
+            for delivery, ours in zip(deliveries, taken, strict=True)
+            if ours
+        ]
 
     async def postpone(self, delivery_id: str, until: datetime) -> None:
         """Move a delivery's next attempt without counting one (an open breaker, a busy endpoint)."""

@@ -277,36 +277,38 @@ class NotifyService:
             self.wakeup.set()
 
     async def dispatch_forever(self) -> None:
-        """Send due deliveries, at most ``max_concurrent_deliveries`` at a time."""
-        slots = asyncio.Semaphore(self.settings.max_concurrent_deliveries)
+        """Send due deliveries, at most ``max_concurrent_deliveries`` at a time, claiming
+        as many at once as there is room for."""
+        room = self.settings.max_concurrent_deliveries
         running: set[asyncio.Task[None]] = set()
         timeout = httpx.Timeout(self.settings.webhook_timeout_s)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             try:
                 while True:
-                    await slots.acquire()
-                    delivery = await self._claim_next()
-                    if delivery is None:
-                        slots.release()
+                    if len(running) >= room:
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    deliveries = await self._claim_due(room - len(running))
+                    if not deliveries:
                         await self._wait_for_work()
                         continue
-                    task = asyncio.create_task(self._deliver(client, delivery))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                    task.add_done_callback(lambda _: slots.release())
+                    for delivery in deliveries:
+                        task = asyncio.create_task(self._deliver(client, delivery))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
             finally:
                 for task in running:
                     task.cancel()
 
-    async def _claim_next(self) -> Document | None:
+    async def _claim_due(self, limit: int) -> list[Document]:
         now = utcnow()
         lease = timedelta(seconds=self.settings.webhook_timeout_s + 30)
         try:
-            return await self.repository.claim_due(now, now + lease)
+            return await self.repository.claim_due(now, now + lease, limit)
         except PyMongoError as exc:
             log.warning("could not claim deliveries", error=repr(exc))
             await asyncio.sleep(1.0)
-            return None
+            return []
 
     async def _wait_for_work(self) -> None:
         self.wakeup.clear()

@@ -8,15 +8,18 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
 from standardwebhooks.webhooks import Webhook
 
 from services.notify.config import NotifySettings
 from services.notify.main import create_app
+from services.notify.repository import NotifyRepository
 from shared.embedded import EmbeddedStack
 from shared.events import (
     Assignment,
@@ -26,6 +29,7 @@ from shared.events import (
     assignment_type,
     utcnow,
 )
+from shared.mongo import epoch_ms
 from tests.support import (
     Receiver,
     admin_headers,
@@ -390,3 +394,33 @@ def assert_all_signed(desk: Receiver, secret: str) -> None:
     """Every request the receiver got verifies with the subscription's secret."""
     for headers, body in desk.received:
         Webhook(secret).verify(body, headers)
+
+
+async def test_workers_claiming_at_once_never_take_the_same_delivery(
+    stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    try:
+        repository = NotifyRepository(client[f"{namespace}_notify"])
+        await repository.ensure_indexes()
+        now = utcnow()
+        await repository.insert_deliveries(
+            [
+                {"_id": f"d{n}", "status": "pending", "next_attempt_ms": epoch_ms(now) - n}
+                for n in range(60)
+            ]
+        )
+        lease = now + timedelta(seconds=60)
+
+        # Two workers read the same due deliveries before either leases them.
+        first_read, second_read = await repository.due(now, 40), await repository.due(now, 40)
+        first = await repository.lease(first_read, lease)
+        second = await repository.lease(second_read, lease + timedelta(seconds=1))
+        rest = await repository.claim_due(now, lease, limit=40)
+
+        assert len(first_read) == len(first) == 40
+        assert second == []  # lost every race: none taken twice
+        assert {d["_id"] for d in first + rest} == {f"d{n}" for n in range(60)}
+        assert await repository.claim_due(now, lease, limit=40) == []  # all leased
+    finally:
+        await client.close()

@@ -3,6 +3,8 @@ attempts in flight, per endpoint (scheme, host and port), in each notify process
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ class Endpoints:
     max_in_flight: int
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)
+    freed: dict[str, asyncio.Event] = field(default_factory=dict)  # set when a slot frees
 
     def breaker(self, key: str) -> CircuitBreaker:
         if key not in self.breakers:
@@ -69,8 +72,25 @@ class Endpoints:
         self.in_flight[key] = self.in_flight.get(key, 0) + 1
         return True
 
+    async def enter(self, key: str, wait_s: float) -> bool:
+        """Take one of the endpoint's slots, waiting up to ``wait_s`` for one to free: a
+        busy endpoint's deliveries wait briefly in line rather than go to the back of the
+        schedule. False if none freed (the caller postpones, holding no worker)."""
+        deadline = time.monotonic() + wait_s
+        while not self.try_enter(key):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            freed = self.freed.setdefault(key, asyncio.Event())
+            freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(freed.wait(), remaining)
+        return True
+
     def leave(self, key: str) -> None:
         self.in_flight[key] -= 1
+        if key in self.freed:
+            self.freed[key].set()
 
     def open_count(self) -> int:
         return sum(breaker.is_open for breaker in self.breakers.values())

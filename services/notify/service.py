@@ -45,6 +45,8 @@ from shared.tracing import Spans, child_of, trace_id
 SOURCE = "/switchboard/notify"
 log = get_logger(__name__)
 AttemptOutcome = Literal["delivered", "retry", "dead", "gone"]
+# How long a delivery waits for a slot at its busy endpoint before it is postponed.
+ENDPOINT_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,7 @@ class NotifyService:
         if (wait := breaker.wait()) > 0:  # open: try again when it may close, costing no attempt
             await self.repository.postpone(delivery["_id"], utcnow() + timedelta(seconds=wait))
             return
-        if not self.endpoints.try_enter(key):  # this endpoint has enough in flight already
+        if not await self.endpoints.enter(key, ENDPOINT_WAIT_S):  # it has enough in flight
             await self.repository.postpone(delivery["_id"], utcnow() + timedelta(seconds=0.5))
             return
         try:

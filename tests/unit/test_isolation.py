@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.notify.isolation import CircuitBreaker, Endpoints, endpoint_key
@@ -48,3 +50,17 @@ def test_in_flight_attempts_are_capped_per_endpoint() -> None:
     endpoints.leave(a)
     assert endpoints.try_enter(a)
     assert (a, b) == ("https://a.example", "https://b.example:8443")
+
+
+async def test_a_delivery_waits_briefly_in_line_for_a_busy_endpoint() -> None:
+    endpoints = Endpoints(threshold=5, cooldown_s=30.0, max_in_flight=1)
+    key = endpoint_key("https://desk.example/hook")
+    assert await endpoints.enter(key, wait_s=0.0)
+
+    waiting = asyncio.create_task(endpoints.enter(key, wait_s=5.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the one slot is taken: it waits
+    endpoints.leave(key)
+
+    assert await waiting  # it got the freed slot
+    assert not await endpoints.enter(key, wait_s=0.05)  # none freed in time: postpone

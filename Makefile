@@ -27,7 +27,7 @@ demo: $(STAMP) ## Register a customer, an agent, a subscription and post a few m
 	$(BIN)/switchboard demo
 
 test: $(STAMP) lint manifests ## Lint, type-check, validate the manifests and run the tests
-	$(BIN)/pytest -q -p no:cacheprovider -m "not broker_loss"
+	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(STAMP) ## Unit tests only
 	$(BIN)/pytest -q tests/unit

@@ -71,12 +71,9 @@ async def test_a_broker_that_restarts_empty_mid_stream_loses_nothing(
     namespace: str, tmp_path: Path
 ) -> None:
     """The embedded broker keeps its log in memory: a restart forgets every topic, offset
-    and committed position. The outboxes notice and publish their recent window again.
-
-    Not yet reliable (it passed three runs alone and failed in a full one): a service
-    whose own outbox did not see the loss does not rewind its consumers, which can then
-    read the new log from their old positions and pass over what was published again.
-    So ``make test`` leaves it out and ``make chaos`` runs it."""
+    and committed position. Each service notices, from its outbox's sends and probes or
+    from its consumers finding themselves past a partition's end, publishes its recent
+    window again and reads its topics again from the start."""
     broker = EmbeddedStack(tmp_path / "stack", free_port(), free_port())
     broker.start()
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
-from bson import Binary, ObjectId
+from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -63,7 +64,11 @@ class Outbox:
         self.wakeup.set()
 
     async def pending(self, limit: int) -> list[Document]:
-        cursor = self.collection.find({"pending": True}).sort("seq", ASCENDING).limit(limit)
+        # An explicit $eq, the same match in MongoDB: the embedded store reads a bare
+        # ``{"pending": True}`` as "true or an array holding true", which cannot use the
+        # (pending, seq) index and scans the whole outbox on every poll.
+        query = {"pending": {"$eq": True}}
+        cursor = self.collection.find(query).sort("seq", ASCENDING).limit(limit)
         return await cursor.to_list(length=limit)
 
     async def mark_published(self, ids: Sequence[str]) -> None:
@@ -96,17 +101,36 @@ class Outbox:
 
 def _entry(topic: str, key: str, event: CloudEvent[Any]) -> Document:
     record = encode(event, key)
+    # Plain bytes go to the store as BSON binary (subtype 0), exactly as Binary(...) would,
+    # without a copy per field: ten per entry, a visible share of a batch's CPU.
     return {
         "_id": event.id,
         "seq": ObjectId(),
         "pending": True,
         "topic": topic,
-        "key": Binary(record.key),
+        "key": record.key,
         "key_text": key,  # binary fields do not match equality queries on the embedded store
-        "value": Binary(record.value),
-        "headers": [[name, Binary(value)] for name, value in record.headers],
+        "value": record.value,
+        "headers": _pack_headers(record.headers),
         "stored_at": utcnow(),
     }
+
+
+def _pack_headers(headers: Sequence[tuple[str, bytes]]) -> str:
+    """Kafka headers as one JSON string. The embedded store handles one string far more
+    cheaply than a list of binary values (measured: about a third of an entry's cost to
+    store, read and mark). latin-1 maps each byte to one character and back, so any
+    value survives."""
+    return json.dumps([[name, value.decode("latin-1")] for name, value in headers])
+
+
+def entry_headers(entry: Document) -> list[tuple[str, bytes]]:
+    """An entry's Kafka headers: one JSON string, or pairs of name and bytes as entries
+    stored before that were."""
+    stored = entry.get("headers", [])
+    if isinstance(stored, str):
+        return [(name, value.encode("latin-1")) for name, value in json.loads(stored)]
+    return [(name, bytes(value)) for name, value in stored]
 
 
 class BrokerMemory:
@@ -218,7 +242,7 @@ class OutboxRelay:
                 entry["topic"],
                 value=bytes(entry["value"]),
                 key=bytes(entry["key"]),
-                headers=[(name, bytes(value)) for name, value in entry["headers"]],
+                headers=entry_headers(entry),
             )
             for entry in entries
         ]

@@ -18,6 +18,7 @@ from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInter
 from shared.kafka import BatchHandler, decoded
 from shared.metrics import ServiceMetrics
 from shared.mongo import Document, epoch_ms, insert_new
+from shared.outbox import entry_headers
 from shared.tracing import trace_id
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -118,9 +119,9 @@ def first_steps(stored: Document, published: Document | None) -> list[Document]:
 
 def traceparent_of(entry: Document | None) -> str | None:
     """The trace context the interaction's first event went out with."""
-    for name, value in (entry or {}).get("headers", []):
+    for name, value in entry_headers(entry) if entry else []:
         if name == "ce_traceparent":
-            return bytes(value).decode()
+            return value.decode()
     return None
 
 

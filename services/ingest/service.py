@@ -3,6 +3,7 @@ store it with its event, and manage the publishers allowed to send them."""
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 import uuid
@@ -363,10 +364,13 @@ class IngestService:
         items: Sequence[InteractionIn | list[FieldError]],
         outcomes: Sequence[Outcome],
     ) -> None:
+        counts = collections.Counter(
+            (item.channel.value if isinstance(item, InteractionIn) else "unknown", outcome.status)
+            for item, outcome in zip(items, outcomes, strict=True)
+        )
         counter = outcomes_counter()
-        for item, outcome in zip(items, outcomes, strict=True):
-            channel = item.channel.value if isinstance(item, InteractionIn) else "unknown"
-            counter.labels(publisher=publisher.name, channel=channel, outcome=outcome.status).inc()
+        for (channel, status), count in counts.items():  # one increment per label set
+            counter.labels(publisher=publisher.name, channel=channel, outcome=status).inc(count)
         log.info(
             "interactions taken in",
             publisher_id=publisher.id,

@@ -1,6 +1,7 @@
-"""Ingest throughput on the embedded stack: single posts and batches of 100, against
-one ingest process, with the store's own bulk-insert speed run beside it as the
-baseline (the most any design that stores before answering could reach here).
+"""Ingest throughput on the embedded stack: single posts, batches of 100, and the same
+batches again (every item a duplicate), against one ingest process, with the store's
+own bulk-insert speed run beside it as the baseline (the most any design that stores
+before answering could reach here).
 
 Run with `make bench`. Prints figures; asserts nothing about them.
 """
@@ -80,12 +81,16 @@ async def bench(url: str, mongo_url: str, singles: int, batches: int) -> None:
         run = uuid.uuid4().hex[:6]
         bodies = [[mention(b * 100 + n, run) for n in range(100)] for b in range(batches)]
         batch_s = await post_all(http, bodies, headers, 4)
+        repeat_s = await post_all(http, bodies, headers, 4)  # all duplicates now
     total = batches * 100
     print(
         f"ingest, single posts   : {singles / single_s:8.0f} interactions/s ({singles} posts, 16 in flight)"
     )
     print(
         f"ingest, batches of 100 : {total / batch_s:8.0f} interactions/s ({batches} batches, 4 in flight)"
+    )
+    print(
+        f"repeats, batches of 100: {total / repeat_s:8.0f} interactions/s (the same batches again, all duplicates)"
     )
     print(
         f"baseline, store alone  : {total / raw_s:8.0f} documents/s (insert_many of 100, one writer)"

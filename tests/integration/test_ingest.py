@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,14 +14,23 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from bson import Binary, ObjectId
 from fastapi import FastAPI, Request, Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymongo import AsyncMongoClient
 
 from services.ingest.config import IngestSettings
 from services.ingest.main import create_app
+from services.ingest.service import InteractionIn, author_key, received_event
 from shared.embedded import EmbeddedStack, free_port
-from shared.events import INTERACTION_RECEIVED, Interaction, RejectedSubmission
+from shared.events import (
+    INTERACTION_RECEIVED,
+    Interaction,
+    RejectedSubmission,
+    encode,
+    utcnow,
+)
 from tests.support import (
     admin_headers,
     at_least,
@@ -184,6 +194,84 @@ async def _published(ingest: Ingest, interaction_id: str) -> dict[str, Any] | No
     assert answer.status_code == 200
     body: dict[str, Any] = answer.json()
     return body if body["published_at"] else None
+
+
+async def test_journey_carries_the_callers_trace_from_the_published_event(
+    ingest: Ingest,
+) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    posted = await ingest.http.post(
+        "/v1/interactions",
+        json=mention("traced"),
+        headers=ingest.headers() | {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    interaction_id = posted.json()["id"]
+    await eventually(lambda: _published(ingest, interaction_id))
+
+    answer = await ingest.http.get(
+        f"/v1/interactions/{interaction_id}/journey", headers=admin_headers()
+    )
+
+    assert [step["step"] for step in answer.json()["steps"]] == ["accepted", "published"]
+    assert answer.json()["trace_ids"] == [trace]
+
+
+async def test_what_was_stored_in_the_earlier_layout_is_read_and_published(
+    ingest: Ingest,
+) -> None:
+    """Interactions stored as sub-documents and outbox entries with their headers as
+    binary pairs (how both were kept before) are still read, deduped and published."""
+    now = utcnow()
+    earlier = Interaction(
+        id=str(uuid.uuid4()),
+        received_at=now,
+        **InteractionIn.model_validate(mention("kept-1")).model_dump(),
+    )
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    record = encode(received_event(earlier, caller), author_key(earlier))
+    traceparent = dict(record.headers)["ce_traceparent"].decode()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        ingest.settings.mongo.url.get_secret_value(), tz_aware=True
+    )
+    db = client[ingest.settings.mongo.database("ingest")]
+    await db["interactions"].insert_one(
+        {
+            "_id": earlier.id,
+            "source": earlier.source,
+            "external_id": earlier.external_id,
+            "publisher_id": "earlier",
+            "stored_at": now,
+            "interaction": earlier.model_dump(mode="json"),
+        }
+    )
+    await db["outbox"].insert_one(
+        {
+            "_id": earlier.id,
+            "seq": ObjectId(),
+            "pending": True,
+            "topic": ingest.settings.kafka.topics.received,
+            "key": Binary(record.key),
+            "key_text": author_key(earlier),
+            "value": Binary(record.value),
+            "headers": [[name, Binary(value)] for name, value in record.headers],
+            "stored_at": now,
+        }
+    )
+    await client.close()
+
+    repeat = await ingest.http.post(
+        "/v1/interactions", json=mention("kept-1"), headers=ingest.headers()
+    )
+    topic = ingest.settings.kafka.topics.received
+    [(key, event)] = await read_topic(ingest.settings.kafka, topic, Interaction, 1, settle_s=1.0)
+    journey = await ingest.http.get(
+        f"/v1/interactions/{earlier.id}/journey", headers=admin_headers()
+    )
+
+    assert repeat.json() == {"id": earlier.id, "status": "duplicate"}
+    assert (key, event.id, event.traceparent) == (record.key, earlier.id, traceparent)
+    assert event.data == earlier
+    assert journey.json()["trace_ids"] == ["0af7651916cd43dd8448eb211c80319c"]
 
 
 async def test_batch_gives_each_item_its_outcome_and_one_event_per_new_item(ingest: Ingest) -> None:

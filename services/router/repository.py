@@ -12,6 +12,7 @@ it would scan the items, which grow by one per interaction, on every timer tick.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -103,10 +104,11 @@ class RouterRepository:
         await self.record_steps([step])
 
     async def record_steps(self, steps: Sequence[Document]) -> None:
-        await insert_new(self.decisions, steps)
+        await insert_new(self.decisions, [packed_step(step) for step in steps])
 
     async def steps_for(self, item_id: str) -> list[Document]:
-        return await self.decisions.find({"item_id": {"$eq": item_id}}).to_list(length=None)
+        found = self.decisions.find({"item_id": {"$eq": item_id}})
+        return [unpacked_step(step) async for step in found]
 
     async def candidate_agents(self, limit: int = CANDIDATES_READ) -> list[Document]:
         return await self.agents.find().limit(limit).to_list(length=limit)
@@ -274,3 +276,18 @@ class RouterRepository:
             .limit(limit)
         )
         return await cursor.to_list(length=limit)
+
+
+# A step's candidates (one entry per agent) are kept as JSON text: they are only ever read
+# whole, and the embedded store takes one text field for a fraction of the cost of as
+# many nested documents (offered steps were most of the router's store time per batch).
+def packed_step(step: Document) -> Document:
+    if "candidates" not in step:
+        return step
+    return {**step, "candidates": json.dumps(step["candidates"], separators=(",", ":"))}
+
+
+def unpacked_step(step: Document) -> Document:
+    if isinstance(step.get("candidates"), str):
+        return {**step, "candidates": json.loads(step["candidates"])}
+    return step  # stored before candidates were packed

@@ -153,10 +153,13 @@ async def post_interactions(
         )
     caller = request.headers.get("traceparent")  # W3C trace context, continued if valid
     with service.spans.span("accept interactions", caller, count=len(unpacked.items)):
-        outcomes = await service.accept(unpacked.items, publisher, [caller] * len(unpacked.items))
-    if unpacked.batch:
-        return JSONResponse(status_code=200, content=batch_answer(outcomes))
-    return single_answer(outcomes[0])
+        if unpacked.batch:
+            outcomes = await service.accept(
+                unpacked.items, publisher, [caller] * len(unpacked.items)
+            )
+            return JSONResponse(status_code=200, content=batch_answer(outcomes))
+        [item] = unpacked.items
+        return single_answer(await service.accept_one(item, publisher, caller))
 
 
 def single_answer(outcome: Outcome) -> JSONResponse:

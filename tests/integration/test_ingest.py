@@ -129,6 +129,27 @@ async def test_repeat_answers_200_with_original_id_and_emits_nothing(ingest: Ing
     assert [event.id for _, event in events] == [first.json()["id"]]
 
 
+async def test_single_posts_at_once_are_answered_as_if_one_by_one(ingest: Ingest) -> None:
+    bodies = [mention(f"at-once-{n % 20}") for n in range(30)] + [mention(text="")]
+
+    answers = await asyncio.gather(
+        *(ingest.http.post("/v1/interactions", json=b, headers=ingest.headers()) for b in bodies)
+    )
+
+    by_external_id: dict[str, list[httpx.Response]] = {}
+    for body, answer in zip(bodies[:30], answers[:30], strict=True):
+        by_external_id.setdefault(body["external_id"], []).append(answer)
+    for repeats in by_external_id.values():  # the first stored wins, the repeat names it
+        assert sorted(a.status_code for a in repeats) in ([202], [200, 202])
+        assert len({a.json()["id"] for a in repeats}) == 1
+    assert answers[30].status_code == 422
+    topic = ingest.settings.kafka.topics.received
+    events = await read_topic(ingest.settings.kafka, topic, Interaction, 20, settle_s=1.5)
+    assert sorted(event.id for _, event in events) == sorted(
+        repeats[0].json()["id"] for repeats in by_external_id.values()
+    )
+
+
 async def test_stored_interaction_can_be_read_back(ingest: Ingest) -> None:
     posted = await ingest.http.post("/v1/interactions", json=mention(), headers=ingest.headers())
     interaction_id = posted.json()["id"]

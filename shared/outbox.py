@@ -29,13 +29,13 @@ from aiokafka.structs import RecordMetadata
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from shared.events import CloudEvent, encode, utcnow
 from shared.kafka import create_producer, end_offsets, ensure_topics
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, epoch_ms, only_duplicates
+from shared.mongo import Document, epoch_ms, insert_new
 from shared.settings import KafkaSettings
 
 log = get_logger(__name__)
@@ -44,9 +44,20 @@ log = get_logger(__name__)
 class Outbox:
     """Stored events waiting for the relay; the only code that touches ``outbox``."""
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], store_read_every_s: float = 5.0) -> None:
         self.collection = db["outbox"]
         self.wakeup = asyncio.Event()
+        # Entries this process stored, in the order it stored them, handed to the relay
+        # in memory so that it need not read them back (reading pending entries is the
+        # dearest query of a busy relay). The store stays the record: the relay reads it
+        # instead whenever ``read_store`` says it may hold pending entries the hand-over
+        # lacks (at start, after a failure or a replay, after a quiet spell), and at least
+        # every ``store_read_every_s`` (leftovers of a replica that died, say).
+        self.fresh: list[Document] = []
+        self.read_store = True
+        self.read_from_store: set[str] = set()  # the ids the last store read returned
+        self.store_read_every_s = store_read_every_s
+        self._last_store_read = 0.0
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("pending", ASCENDING), ("seq", ASCENDING)])
@@ -57,11 +68,32 @@ class Outbox:
             return
         docs = [_entry(topic, key, event) for topic, key, event in entries]
         try:
-            await self.collection.insert_many(docs, ordered=False)
-        except BulkWriteError as error:
-            if not only_duplicates(error):
-                raise
+            stored = await insert_new(self.collection, docs)
+        except PyMongoError:
+            self.read_store = True  # some may be stored all the same
+            raise
+        if len(stored) < len(docs):  # stored before, perhaps still pending: look there
+            self.read_store = True
+        self.fresh += [doc for doc in docs if doc["_id"] in stored]
         self.wakeup.set()
+
+    async def next_batch(self, limit: int) -> list[Document]:
+        """The next entries to publish, in stored order: from the store when it may hold
+        some the hand-over lacks, else those handed over."""
+        if time.monotonic() - self._last_store_read > self.store_read_every_s:
+            self.read_store = True
+        if not self.read_store:
+            batch = [e for e in self.fresh[:limit] if e["_id"] not in self.read_from_store]
+            del self.fresh[:limit]
+            return batch
+        self.fresh.clear()  # all stored: this read, or the next, returns them
+        self._last_store_read = time.monotonic()
+        entries = await self.pending(limit)
+        # Entries stored while the read ran are handed over too; skip those it returned.
+        self.read_from_store = {entry["_id"] for entry in entries}
+        self.fresh = [e for e in self.fresh if e["_id"] not in self.read_from_store]
+        self.read_store = len(entries) == limit  # a full batch: there may be more
+        return entries
 
     async def pending(self, limit: int) -> list[Document]:
         # An explicit $eq, the same match in MongoDB: the embedded store reads a bare
@@ -85,12 +117,14 @@ class Outbox:
             {"pending": False, "published_ms": {"$gte": epoch_ms(since)}},
             {"$set": {"pending": True}},
         )
+        self.read_store = True
         self.wakeup.set()
         return result.modified_count
 
     async def forget(self, key: str) -> int:
         """Delete every entry stored under a Kafka key (erasure of one customer's events);
         returns how many. Pending ones go too: an erased person's events stay unsent."""
+        self.fresh = [entry for entry in self.fresh if entry["key_text"] != key]
         deleted = await self.collection.delete_many({"key_text": key})
         return deleted.deleted_count
 
@@ -211,6 +245,7 @@ class OutboxRelay:
                     published = await self.publish_pending()
                     delay = 0.2
                 except (KafkaError, PyMongoError, OSError) as exc:
+                    self.outbox.read_store = True  # what it held may be unsent: read again
                     log.warning("outbox relay failed, retrying", error=repr(exc), retry_in=delay)
                     await self._drop_producer()
                     await asyncio.sleep(delay)
@@ -224,10 +259,10 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending entries; returns how many were published."""
-        entries = await self.outbox.pending(self.batch)
+        entries = await self.outbox.next_batch(self.batch)
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
-        self.metrics.outbox_backlog.set(len(entries))
+        self.metrics.outbox_backlog.set(len(entries) + len(self.outbox.fresh))
         if not entries:
             return 0
         if self._producer is None:
@@ -296,9 +331,13 @@ class OutboxRelay:
         await self._drop_producer()  # reconnect, and recreate the topics first
 
     async def _wait_for_work(self) -> None:
+        if self.outbox.fresh:  # handed over while the last batch was being published
+            return
         self.outbox.wakeup.clear()
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self.outbox.wakeup.wait(), timeout=self.poll_interval_s)
+        except TimeoutError:  # quiet: read the store (another replica's leftovers, say)
+            self.outbox.read_store = True
 
     async def _connected_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

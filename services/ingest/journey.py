@@ -35,7 +35,9 @@ class JourneyLog:
         await insert_new(self.steps, steps)
 
     async def steps_of(self, interaction_id: str) -> list[Document]:
-        return await self.steps.find({"interaction_id": interaction_id}).to_list(length=None)
+        # $eq, as in MongoDB: the embedded store scans the collection for a bare value.
+        query = {"interaction_id": {"$eq": interaction_id}}
+        return await self.steps.find(query).to_list(length=None)
 
 
 def step(

@@ -50,14 +50,23 @@ def routed_step(item_id: str, decision: Decision) -> Document:
     )
 
 
+# A step names this many agents: the one chosen and those that came closest. Naming every
+# agent would make each step grow with the team (500 agents, some 50 KB per offer) and
+# was most of the router's store time per batch; the rest are counted.
+CANDIDATES_SHOWN = 10
+
+
 def candidate_reasons(
     agents: Sequence[Document], item: Document, chosen: Document | None
 ) -> list[dict[str, Any]]:
-    """Each agent, and why it was or was not given the item."""
+    """The agents that came closest (the chosen one first), and why each was or was not
+    given the item."""
     needed = set(item.get("required_skills", []))
     declined = set(item.get("declined_by", []))
     out = []
-    for agent in agents:
+    for agent in sorted(agents, key=lambda a: closeness(a, chosen, needed, declined))[
+        :CANDIDATES_SHOWN
+    ]:
         is_chosen = chosen is not None and agent["_id"] == chosen["_id"]
         reserved = 1 if is_chosen else 0  # as it stood before this offer took its unit
         free = int(agent["free"]) + reserved
@@ -71,7 +80,21 @@ def candidate_reasons(
                 "capacity": int(agent["capacity"]),
             }
         )
-    return sorted(out, key=lambda candidate: not candidate["chosen"])
+    return out
+
+
+def closeness(
+    agent: Document, chosen: Document | None, needed: set[str], declined: set[str]
+) -> tuple[bool, bool, int, int]:
+    """Sort key: the chosen agent, then those able to take the item as the choice ranked
+    them (most free, longest idle), then the rest, most free first."""
+    able = (
+        agent.get("presence") == "online"
+        and needed <= set(agent.get("skills", []))
+        and agent["_id"] not in declined
+    )
+    is_chosen = chosen is not None and agent["_id"] == chosen["_id"]
+    return (not is_chosen, not able, -int(agent["free"]), int(agent.get("last_offer_ms") or 0))
 
 
 def reason(
@@ -100,6 +123,7 @@ def offered_step(item: Document, agents: Sequence[Document], chosen: Document) -
         int(item["offer"]),
         agent_id=chosen["_id"],
         candidates=candidate_reasons(agents, item, chosen),
+        candidates_not_shown=max(0, len(agents) - CANDIDATES_SHOWN),
         summary=f"offer {item['offer']} to {chosen.get('name') or chosen['_id']}",
     )
 
@@ -110,6 +134,7 @@ def waiting_step(item: Document, agents: Sequence[Document]) -> Document:
         "waiting",
         int(item["offer"]),
         candidates=candidate_reasons(agents, item, None),
+        candidates_not_shown=max(0, len(agents) - CANDIDATES_SHOWN),
         summary="no agent could take it: it waits in its queue",
     )
 

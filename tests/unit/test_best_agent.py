@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.router.decisions import CANDIDATES_SHOWN, offered_step
 from services.router.service import best_agent
 from shared.mongo import Document
 
@@ -45,3 +46,22 @@ def test_only_an_online_agent_with_room_every_skill_and_no_decline_qualifies() -
     assert chosen is not None
     assert chosen["_id"] == "able"
     assert best_agent(agents[:4], item) is None
+
+
+def test_a_decision_step_names_the_chosen_and_the_closest_agents_and_counts_the_rest() -> None:
+    offline = [agent(f"off{n}", presence="offline", load=0, capacity=2) for n in range(12)]
+    able = [agent(f"able{n}", free=1, last_offer_ms=n, load=1, capacity=2) for n in range(5)]
+    chosen = agent("chosen", free=2, load=0, capacity=2)
+    item = {"_id": "i", "offer": 1}
+    taken = {**chosen, "free": 1, "load": 1}  # as the offer left it
+
+    step = offered_step(item, [*offline, *able, taken], taken)
+
+    shown = [c["agent_id"] for c in step["candidates"]]
+    assert shown[:6] == ["chosen", "able0", "able1", "able2", "able3", "able4"]
+    assert len(shown) == CANDIDATES_SHOWN
+    assert set(shown[6:]) <= {a["_id"] for a in offline}
+    assert step["candidates_not_shown"] == 18 - CANDIDATES_SHOWN
+    assert step["candidates"][0]["reason"].startswith("chosen")
+    assert step["candidates"][1]["reason"] == "less free capacity (1 against 2)"
+    assert step["candidates"][-1]["reason"] == "offline"

@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pymongo.errors import PyMongoError
 
 from services.notify.config import NotifySettings
-from services.notify.delivery import Attempt, new_signing_secret, signed_headers
+from services.notify.delivery import Attempt, new_signing_secret, signed_headers, webhook_session
 from services.notify.delivery import attempt as send_attempt
 from services.notify.isolation import Endpoints, endpoint_key
 from services.notify.repository import NotifyRepository
@@ -283,8 +283,7 @@ class NotifyService:
         as many at once as there is room for."""
         room = self.settings.max_concurrent_deliveries
         running: set[asyncio.Task[None]] = set()
-        timeout = httpx.Timeout(self.settings.webhook_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        async with webhook_session(self.settings.webhook_timeout_s) as client:
             try:
                 while True:
                     if len(running) >= room:
@@ -317,13 +316,13 @@ class NotifyService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wakeup.wait(), timeout=self.settings.poll_interval_s)
 
-    async def _deliver(self, client: httpx.AsyncClient, delivery: Document) -> None:
+    async def _deliver(self, client: aiohttp.ClientSession, delivery: Document) -> None:
         try:
             await self.deliver(client, delivery)
         except Exception:  # the lease runs out and the delivery is tried again
             log.exception("delivery attempt failed to record", delivery_id=delivery["_id"])
 
-    async def deliver(self, client: httpx.AsyncClient, delivery: Document) -> None:
+    async def deliver(self, client: aiohttp.ClientSession, delivery: Document) -> None:
         """One attempt at one delivery, and what follows from its outcome."""
         subscription = await self.repository.find_subscription(delivery["subscription_id"])
         if subscription is None or not subscription["enabled"]:
@@ -359,7 +358,7 @@ class NotifyService:
         await self._settle(delivery, subscription, record, outcome)
 
     async def _attempt(
-        self, client: httpx.AsyncClient, delivery: Document, subscription: Document
+        self, client: aiohttp.ClientSession, delivery: Document, subscription: Document
     ) -> tuple[Attempt | None, str | None]:
         try:
             target = await resolve_endpoint(subscription["url"], self.settings.allow_hosts)

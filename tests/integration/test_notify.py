@@ -156,6 +156,44 @@ async def test_failing_endpoint_gets_retried_under_one_webhook_id(notify: Notify
     assert_all_signed(desk, subscription["secret"])
 
 
+async def test_a_redirect_is_a_failed_attempt_not_followed(notify: NotifyFactory) -> None:
+    async with (
+        notify() as service,
+        receiving(
+            answers=[307], failure_headers={"location": "http://127.0.0.1:9/elsewhere"}
+        ) as desk,
+    ):
+        await service.subscribe(desk.url)
+
+        await service.send(offered())
+        [delivery] = await eventually(lambda: service.deliveries("delivered"))
+
+        attempts = await service.http.get(
+            f"/v1/deliveries/{delivery['id']}/attempts", headers=admin_headers()
+        )
+        assert [a["status_code"] for a in attempts.json()] == [307, 200]
+        assert len(desk.received) == 2
+
+
+async def test_an_endpoint_slower_than_the_timeout_gets_a_failed_attempt(
+    notify: NotifyFactory,
+) -> None:
+    slow_retries = {"webhook_timeout_s": 0.3, "retry_schedule_s": (0.1, 5.0)}
+    async with notify(**slow_retries) as service, receiving(delay_s=1.0) as desk:
+        await service.subscribe(desk.url)
+
+        await service.send(offered())
+        await eventually(lambda: at_least(desk.received, 2))
+        [delivery] = await service.deliveries("pending")
+
+        attempts = await service.http.get(
+            f"/v1/deliveries/{delivery['id']}/attempts", headers=admin_headers()
+        )
+        first = attempts.json()[0]
+        assert (first["status_code"], first["error"]) == (None, "TimeoutError")
+        assert 300 <= first["latency_ms"] < 1000
+
+
 async def test_redelivered_event_is_delivered_once(notify: NotifyFactory) -> None:
     async with notify() as service, receiving() as desk:
         subscription = await service.subscribe(desk.url)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
-from multidict import CIMultiDictProxy
 from standardwebhooks.webhooks import Webhook
 
 from shared.egress import Target
@@ -50,7 +49,7 @@ class Attempt:
     gone: bool = False
 
 
-def _retry_after(status: int, headers: CIMultiDictProxy[str]) -> float | None:
+def _retry_after(status: int, headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after")
     if value is None or status not in RETRY_STATUSES:
         return None

@@ -40,6 +40,8 @@ from shared.settings import KafkaSettings
 
 log = get_logger(__name__)
 
+OutboxEntry = tuple[str, str, CloudEvent[Any]]  # topic, Kafka key, event
+
 
 class Outbox:
     """Stored events waiting for the relay; the only code that touches ``outbox``."""
@@ -62,7 +64,7 @@ class Outbox:
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("pending", ASCENDING), ("seq", ASCENDING)])
 
-    async def add(self, entries: Sequence[tuple[str, str, CloudEvent[Any]]]) -> None:
+    async def add(self, entries: Sequence[OutboxEntry]) -> None:
         """Store ``(topic, key, event)`` entries; ones already stored are left as they are."""
         if not entries:
             return

@@ -3,7 +3,6 @@ store it with its event, and manage the publishers allowed to send them."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import time
@@ -33,6 +32,7 @@ from shared.events import (
     derived_event_id,
     utcnow,
 )
+from shared.grouping import GroupWriter
 from shared.http import field_errors
 from shared.identity import normalise_identity
 from shared.kafka import RawEvent
@@ -305,10 +305,10 @@ class IngestService:
         self.buckets: dict[str, TokenBucket] = {}
         self.publishers: dict[str, tuple[Publisher, float]] = {}
         self.journeys: JourneyLog | None = None  # the read model, when the app consumes it
-        # Single posts waiting to be stored together, and the writers storing them, by
-        # publisher (see accept_one).
-        self.waiting: dict[str, list[tuple[Item, str | None, asyncio.Future[Outcome]]]] = {}
-        self.writers: dict[str, asyncio.Task[None]] = {}
+        # Single posts stored together, per publisher (see accept_one).
+        self.singles: GroupWriter[str, tuple[Item, Publisher, str | None], Outcome] = GroupWriter(
+            self._accept_singles
+        )
 
     def throttle(self, publisher: Publisher, units: int) -> float:
         """Seconds the publisher must wait before sending ``units`` interactions; 0 if none."""
@@ -373,29 +373,13 @@ class IngestService:
         """``accept`` for one interaction, stored together with the other single posts of
         the same publisher that arrive meanwhile: while one write is under way the next
         ones gather, and go in the next write. Each is answered once its write is done."""
-        answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(publisher.id, []).append((item, traceparent, answer))
-        if publisher.id not in self.writers:
-            self.writers[publisher.id] = asyncio.create_task(self._store_waiting(publisher))
-        return await answer
+        return await self.singles.submit(publisher.id, (item, publisher, traceparent))
 
-    async def _store_waiting(self, publisher: Publisher) -> None:
-        try:
-            while batch := self.waiting.pop(publisher.id, []):
-                try:
-                    outcomes = await self.accept(
-                        [item for item, _, _ in batch], publisher, [t for _, t, _ in batch]
-                    )
-                except Exception as exc:  # each waiting request answers with the error
-                    for _, _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                    continue
-                for (_, _, answer), outcome in zip(batch, outcomes, strict=True):
-                    if not answer.done():  # its request may have been cancelled meanwhile
-                        answer.set_result(outcome)
-        finally:
-            del self.writers[publisher.id]
+    async def _accept_singles(
+        self, _: str, singles: list[tuple[Item, Publisher, str | None]]
+    ) -> list[Outcome]:
+        publisher = singles[-1][1]  # the latest word on its scopes
+        return await self.accept([i for i, _, _ in singles], publisher, [t for _, _, t in singles])
 
     def _count(
         self,

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
-from shared.mongo import Document, epoch_ms, only_duplicates
+from shared.mongo import Document, epoch_ms, insert_new, only_duplicates
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt at a delivery, and what it changes on the delivery."""
+
+    delivery_id: str
+    number: int
+    attempt: dict[str, Any]
+    changes: dict[str, Any]
 
 
 class NotifyRepository:
@@ -25,12 +36,17 @@ class NotifyRepository:
         await self.deliveries.create_index(
             [("subscription_id", ASCENDING), ("created_ms", ASCENDING)]
         )
+        await self.attempts.create_index("delivery_id")
 
     async def insert_subscription(self, subscription: Document) -> None:
         await self.subscriptions.insert_one(subscription)
 
     async def find_subscription(self, subscription_id: str) -> Document | None:
         return await self.subscriptions.find_one({"_id": subscription_id})
+
+    async def find_subscriptions(self, subscription_ids: Collection[str]) -> dict[str, Document]:
+        found = self.subscriptions.find({"_id": {"$in": list(subscription_ids)}})
+        return {subscription["_id"]: subscription async for subscription in found}
 
     async def enabled_subscriptions(self) -> list[Document]:
         return await self.subscriptions.find({"enabled": True}).to_list(None)
@@ -98,17 +114,29 @@ class NotifyRepository:
             {"$set": {"next_attempt_ms": epoch_ms(until)}},
         )
 
-    async def record_attempt(
-        self, delivery_id: str, number: int, attempt: dict[str, Any], changes: dict[str, Any]
-    ) -> None:
-        """Log one attempt (its own document: the log can grow long) and update the delivery."""
-        with contextlib.suppress(DuplicateKeyError):  # recorded before a crash: keep that one
-            await self.attempts.insert_one(
-                {"delivery_id": delivery_id, "number": number, **attempt}
-            )
-        await self.deliveries.update_one(
-            {"_id": delivery_id},
-            {"$set": {"attempt_count": number, "last_attempt": attempt, **changes}},
+    async def record_attempts(self, records: Sequence[AttemptRecord]) -> None:
+        """Log attempts (each its own document: the log can grow long) and update their
+        deliveries, two round trips for them all. An attempt is keyed by delivery and
+        number: one recorded before a crash is kept, the delivery brought up to date."""
+        if not records:
+            return
+        await insert_new(
+            self.attempts,
+            [
+                {"_id": f"{r.delivery_id}:{r.number}", "delivery_id": r.delivery_id}
+                | {"number": r.number, **r.attempt}
+                for r in records
+            ],
+        )
+        await self.deliveries.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": r.delivery_id},
+                    {"$set": {"attempt_count": r.number, "last_attempt": r.attempt, **r.changes}},
+                )
+                for r in records
+            ],
+            ordered=False,
         )
 
     async def replay(self, delivery_id: str, now: datetime) -> Document | None:
@@ -130,7 +158,8 @@ class NotifyRepository:
         )
 
     async def list_attempts(self, delivery_id: str) -> list[Document]:
-        cursor = self.attempts.find({"delivery_id": delivery_id}, {"_id": 0}).sort(
+        # $eq: the embedded store scans the whole collection for a bare value.
+        cursor = self.attempts.find({"delivery_id": {"$eq": delivery_id}}, {"_id": 0}).sort(
             "number", ASCENDING
         )
         return await cursor.to_list(None)

@@ -24,7 +24,7 @@ from services.notify.config import NotifySettings
 from services.notify.delivery import Attempt, new_signing_secret, signed_headers, webhook_session
 from services.notify.delivery import attempt as send_attempt
 from services.notify.isolation import Endpoints, endpoint_key
-from services.notify.repository import NotifyRepository
+from services.notify.repository import AttemptRecord, NotifyRepository
 from shared.egress import EndpointRefused, check_endpoint, resolve_endpoint
 from shared.events import (
     DELIVERY_ATTEMPTED,
@@ -36,9 +36,10 @@ from shared.events import (
     derived_event_id,
     utcnow,
 )
+from shared.grouping import GroupWriter
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
-from shared.outbox import Outbox
+from shared.outbox import Outbox, OutboxEntry
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
@@ -183,6 +184,10 @@ class NotifyService:
         self.topics = topics
         self.settings = settings
         self.wakeup = asyncio.Event()
+        # Attempts that end at about the same time are recorded together (see record).
+        self.attempts: GroupWriter[None, tuple[AttemptRecord, tuple[OutboxEntry, ...]], None] = (
+            GroupWriter(self._write_attempts)
+        )
         self.endpoints = Endpoints(
             settings.breaker_threshold,
             settings.breaker_cooldown_s,
@@ -293,8 +298,13 @@ class NotifyService:
                     if not deliveries:
                         await self._wait_for_work()
                         continue
+                    subscriptions = await self._subscriptions_of(deliveries)
+                    if subscriptions is None:  # left to their leases, tried again after
+                        await asyncio.sleep(1.0)
+                        continue
                     for delivery in deliveries:
-                        task = asyncio.create_task(self._deliver(client, delivery))
+                        subscription = subscriptions.get(delivery["subscription_id"])
+                        task = asyncio.create_task(self._deliver(client, delivery, subscription))
                         running.add(task)
                         task.add_done_callback(running.discard)
             finally:
@@ -311,26 +321,40 @@ class NotifyService:
             await asyncio.sleep(1.0)
             return []
 
+    async def _subscriptions_of(self, deliveries: list[Document]) -> dict[str, Document] | None:
+        """The deliveries' subscriptions, read once for all of them, just before they go."""
+        ids = {delivery["subscription_id"] for delivery in deliveries}
+        try:
+            return await self.repository.find_subscriptions(ids)
+        except PyMongoError as exc:
+            log.warning("could not read subscriptions", error=repr(exc))
+            return None
+
     async def _wait_for_work(self) -> None:
         self.wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wakeup.wait(), timeout=self.settings.poll_interval_s)
 
-    async def _deliver(self, client: aiohttp.ClientSession, delivery: Document) -> None:
+    async def _deliver(
+        self, client: aiohttp.ClientSession, delivery: Document, subscription: Document | None
+    ) -> None:
         try:
-            await self.deliver(client, delivery)
+            await self.deliver(client, delivery, subscription)
         except Exception:  # the lease runs out and the delivery is tried again
             log.exception("delivery attempt failed to record", delivery_id=delivery["_id"])
 
-    async def deliver(self, client: aiohttp.ClientSession, delivery: Document) -> None:
+    async def deliver(
+        self, client: aiohttp.ClientSession, delivery: Document, subscription: Document | None
+    ) -> None:
         """One attempt at one delivery, and what follows from its outcome."""
-        subscription = await self.repository.find_subscription(delivery["subscription_id"])
         if subscription is None or not subscription["enabled"]:
-            await self.repository.record_attempt(
-                delivery["_id"],
-                int(delivery["attempt_count"]) + 1,
-                {"at": utcnow(), "error": "subscription disabled"},
-                {"status": "cancelled"},
+            await self.record(
+                AttemptRecord(
+                    delivery["_id"],
+                    int(delivery["attempt_count"]) + 1,
+                    {"at": utcnow(), "error": "subscription disabled"},
+                    {"status": "cancelled"},
+                )
             )
             return
         url = subscription["url"]
@@ -375,13 +399,25 @@ class NotifyService:
         delivery_metrics().latency_seconds.observe(outcome.latency_ms / 1000)
         return outcome, outcome.error
 
-    async def announce(
+    async def record(self, record: AttemptRecord, *events: OutboxEntry) -> None:
+        """Store an attempt's events, then the attempt itself, together with the other
+        attempts that end meanwhile (``_write_attempts``)."""
+        await self.attempts.submit(None, (record, events))
+
+    async def _write_attempts(
+        self, _: None, finished: list[tuple[AttemptRecord, tuple[OutboxEntry, ...]]]
+    ) -> list[None]:
+        # Events first: a crash in between repeats the attempt, never loses its event.
+        await self.outbox.add([event for _, events in finished for event in events])
+        await self.repository.record_attempts([record for record, _ in finished])
+        return [None] * len(finished)
+
+    def announcement(
         self, delivery: Document, record: dict[str, Any], attempt: int, outcome: AttemptOutcome
-    ) -> None:
-        """Publish the attempt on the deliveries topic (for journeys and audits)."""
+    ) -> OutboxEntry:
+        """The attempt on the deliveries topic (for journeys and audits)."""
         key = delivery.get("interaction_id") or delivery["_id"]
-        event = attempted_event(delivery, record, attempt, outcome)
-        await self.outbox.add([(self.topics.deliveries, key, event)])
+        return self.topics.deliveries, key, attempted_event(delivery, record, attempt, outcome)
 
     async def _settle(
         self,
@@ -401,24 +437,23 @@ class NotifyService:
             error=record["error"],
         )
         counter = delivery_metrics().attempts
+
+        def attempt(
+            changes: dict[str, Any], outcome: AttemptOutcome
+        ) -> tuple[AttemptRecord, OutboxEntry]:
+            counter.labels(outcome=outcome).inc()
+            announced = self.announcement(delivery, record, attempts_made, outcome)
+            return AttemptRecord(delivery["_id"], attempts_made, record, changes), announced
+
         if outcome is not None and outcome.ok:
-            counter.labels(outcome="delivered").inc()
-            await self.announce(delivery, record, attempts_made, "delivered")
-            await self.repository.record_attempt(
-                delivery["_id"],
-                attempts_made,
-                record,
-                {"status": "delivered", "delivered_at": record["at"]},
+            await self.record(
+                *attempt({"status": "delivered", "delivered_at": record["at"]}, "delivered")
             )
             return
         if outcome is not None and outcome.gone:
-            counter.labels(outcome="gone").inc()
-            await self.announce(delivery, record, attempts_made, "gone")
+            await self.record(*attempt({"status": "cancelled"}, "gone"))
             await self.repository.disable_subscription(
                 subscription["_id"], "endpoint answered 410 Gone"
-            )
-            await self.repository.record_attempt(
-                delivery["_id"], attempts_made, record, {"status": "cancelled"}
             )
             return
         delay = next_delay(
@@ -427,27 +462,15 @@ class NotifyService:
             outcome.retry_after_s if outcome is not None else None,
         )
         if delay is None:
-            counter.labels(outcome="dead").inc()
-            await self.announce(delivery, record, attempts_made, "dead")
-            await self.repository.record_attempt(
-                delivery["_id"], attempts_made, record, {"status": "dead"}
+            dead = (
+                self.topics.deliveries_dead,
+                subscription["_id"],
+                dead_event(delivery, record, attempts_made),
             )
-            await self.outbox.add(
-                [
-                    (
-                        self.topics.deliveries_dead,
-                        subscription["_id"],
-                        dead_event(delivery, record, attempts_made),
-                    )
-                ]
-            )
+            await self.record(*attempt({"status": "dead"}, "dead"), dead)
             return
-        counter.labels(outcome="retry").inc()
-        await self.announce(delivery, record, attempts_made, "retry")
         retry_at: datetime = record["at"] + timedelta(seconds=delay)
-        await self.repository.record_attempt(
-            delivery["_id"], attempts_made, record, {"next_attempt_ms": epoch_ms(retry_at)}
-        )
+        await self.record(*attempt({"next_attempt_ms": epoch_ms(retry_at)}, "retry"))
 
 
 def attempted_event(

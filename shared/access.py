@@ -9,7 +9,9 @@ collection at once (a revoked key is refused there from the next request) and
 publishes it on the access-keys topic through its outbox; every service consumes that
 topic into its own collection, so each can check every key without asking another.
 A record is created once and can only become revoked, so replicas merge without
-conflict. The deployment's bootstrap admin token (``SWITCHBOARD_AUTH_ADMIN_TOKEN``)
+conflict. A key found good is taken on trust for ``KEY_TRUSTED_S`` (no store read per
+request); its revocation ends that trust at once where it is stored or merged, and
+within ``KEY_TRUSTED_S`` on other replicas of the same service. The deployment's bootstrap admin token (``SWITCHBOARD_AUTH_ADMIN_TOKEN``)
 is an admin key that lives in the settings; it is how the first keys are made.
 
 Roles:
@@ -30,6 +32,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +65,10 @@ class Principal:
     key_id: str
     role: Role
     subject: str | None = None
+
+
+KEY_TRUSTED_S = 5.0
+KEYS_TRUSTED_AT_MOST = 10_000  # beyond, the trust is forgotten and built up again
 
 
 def hash_key(key: str) -> str:
@@ -136,6 +143,9 @@ class AccessKeys:
         self.topic = topics.access_keys
         self.bootstrap_token = bootstrap_token
         self.source = f"/switchboard/{service}"
+        # Keys found good lately, by their hash: who they stand for, when they expire
+        # (epoch ms), and until when (monotonic) they are taken without a store read.
+        self.trusted: dict[str, tuple[Principal, int | None, float]] = {}
 
     async def issue(
         self,
@@ -198,16 +208,25 @@ class AccessKeys:
         bootstrap = self.bootstrap_token.get_secret_value()
         if bootstrap and hmac.compare_digest(presented.encode(), bootstrap.encode()):
             return Principal(BOOTSTRAP_KEY_ID, Role.ADMIN)
+        digest = hash_key(presented)
+        now = _ms(utcnow()) or 0
+        trusted = self.trusted.get(digest)
+        if trusted is not None and trusted[2] > time.monotonic():
+            principal, expires_ms, _ = trusted
+            return principal if expires_ms is None or expires_ms > now else None
         key_id = key_id_of(presented)
         if key_id is None:
             return None
         doc = await self.collection.find_one({"_id": key_id})
-        if doc is None or not hmac.compare_digest(doc["key_hash"], hash_key(presented)):
+        if doc is None or not hmac.compare_digest(doc["key_hash"], digest):
             return None
-        now = _ms(utcnow()) or 0
         if doc.get("revoked_at") is not None or (doc.get("expires_at") or now + 1) <= now:
             return None
-        return Principal(key_id, Role(doc["role"]), doc.get("subject"))
+        principal = Principal(key_id, Role(doc["role"]), doc.get("subject"))
+        if len(self.trusted) >= KEYS_TRUSTED_AT_MOST:
+            self.trusted.clear()
+        self.trusted[digest] = (principal, doc.get("expires_at"), time.monotonic() + KEY_TRUSTED_S)
+        return principal
 
     async def apply(self, events: Sequence[CloudEvent[AccessKey]]) -> None:
         """Merge key records from the topic (this service's own included): a new key is
@@ -220,6 +239,11 @@ class AccessKeys:
                     await self._merge_revocation(event.data)
 
     async def _merge_revocation(self, record: AccessKey) -> None:
+        self.trusted = {
+            digest: trusted
+            for digest, trusted in self.trusted.items()
+            if trusted[0].key_id != record.id
+        }
         # The earliest revocation wins; a later one, or a repeat, matches nothing.
         revoked_at = _ms(record.revoked_at)
         await self.collection.update_one(

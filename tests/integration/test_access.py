@@ -167,12 +167,15 @@ async def test_a_revoked_key_is_refused_at_once_and_everywhere_soon_after(
         router, enrich = system.http["router"], system.http["enrich"]
         key = system.keys[OPERATOR]
         before = await router.get("/v1/queues", headers=bearer(key))
+        await known_to(enrich, key, live=True)
+        trusted_elsewhere = await enrich.get("/v1/customers", headers=bearer(key))
         revoked = await router.post(f"/v1/keys/{key.split('_')[1]}/revoke", headers=admin_headers())
         at_once = await router.get("/v1/queues", headers=bearer(key))
         await known_to(enrich, key, live=False)
         elsewhere = await enrich.get("/v1/customers", headers=bearer(key))
 
     assert before.status_code == 200
+    assert trusted_elsewhere.status_code == 200  # and so taken on trust there for a while
     assert revoked.status_code == 200
     assert revoked.json()["revoked_at"] is not None
     assert at_once.status_code == 401

@@ -20,6 +20,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from shared.events import derived_event_id
 from shared.mongo import Document, epoch_ms, insert_new
 
 # The most agents a decision step lists (and a batch of offers chooses among at once).
@@ -104,11 +105,22 @@ class RouterRepository:
         await self.record_steps([step])
 
     async def record_steps(self, steps: Sequence[Document]) -> None:
-        await insert_new(self.decisions, [packed_step(step) for step in steps])
+        """Store decision steps, one document per item however many steps it has here
+        (routed and offered, say): half the documents of one per step."""
+        by_item: dict[str, list[Document]] = {}
+        for step in steps:
+            by_item.setdefault(step["item_id"], []).append(step)
+        await insert_new(self.decisions, [bundled(item_steps) for item_steps in by_item.values()])
 
     async def steps_for(self, item_id: str) -> list[Document]:
+        """Every step of an item once (a redelivery may have stored one again, alone or
+        with others)."""
         found = self.decisions.find({"item_id": {"$eq": item_id}})
-        return [unpacked_step(step) async for step in found]
+        steps: dict[str, Document] = {}
+        async for doc in found:
+            for step in unbundled(doc):
+                steps.setdefault(step["_id"], step)
+        return list(steps.values())
 
     async def candidate_agents(self, limit: int = CANDIDATES_READ) -> list[Document]:
         return await self.agents.find().limit(limit).to_list(length=limit)
@@ -285,6 +297,25 @@ def packed_step(step: Document) -> Document:
     if "candidates" not in step:
         return step
     return {**step, "candidates": json.dumps(step["candidates"], separators=(",", ":"))}
+
+
+def bundled(steps: Sequence[Document]) -> Document:
+    """One item's steps as one document: a lone step as itself, several as JSON text under
+    an id made of theirs (storing the same steps again stores nothing)."""
+    if len(steps) == 1:
+        return packed_step(steps[0])
+    return {
+        "_id": derived_event_id("steps", *(step["_id"] for step in steps)),
+        "item_id": steps[0]["item_id"],
+        "steps": json.dumps(list(steps), separators=(",", ":"), default=str),
+    }
+
+
+def unbundled(doc: Document) -> list[Document]:
+    if isinstance(doc.get("steps"), str):
+        steps: list[Document] = json.loads(doc["steps"])
+        return steps
+    return [unpacked_step(doc)]
 
 
 def unpacked_step(step: Document) -> Document:

@@ -16,7 +16,9 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from services.router.config import RouterSettings
+from services.router.decisions import step
 from services.router.main import create_app
+from services.router.repository import RouterRepository
 from shared.embedded import EmbeddedStack
 from shared.events import (
     INTERACTION_ENRICHED,
@@ -616,3 +618,25 @@ async def test_the_latest_of_many_policy_versions_is_the_one_routing(router: Rou
 
     assert saved == list(range(2, 13))  # version 1 is the shipped policy
     assert current.json()["version"] == 12  # not 9: versions are not sorted as text
+
+
+async def test_decision_steps_stored_together_or_again_read_back_once_each(
+    stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    repository = RouterRepository(client[namespace])
+    await repository.ensure_indexes()
+    routed = step("i-1", "routed", summary="policy v1")
+    offered = step("i-1", "offered", 1, agent_id="a-1", candidates=[{"agent_id": "a-1"}])
+    other = step("i-2", "routed", summary="policy v1")
+
+    await repository.record_steps([routed, offered, other])  # a batch: i-1's two together
+    await repository.record_steps([routed, offered, other])  # the batch redelivered
+    await repository.record_steps([step("i-1", "routed", summary="policy v1")])  # alone
+    stored = await client[namespace]["decisions"].count_documents({})
+    steps = await repository.steps_for("i-1")
+    await client.close()
+
+    assert stored == 3  # i-1's pair, i-1's routed alone, i-2's
+    assert sorted(s["step"] for s in steps) == ["offered", "routed"]
+    assert next(s for s in steps if s["step"] == "offered")["candidates"] == [{"agent_id": "a-1"}]

@@ -23,7 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.enrich.customers import PROSPECT
-from shared.mongo import Document, only_duplicates
+from shared.mongo import Document, insert_new, only_duplicates
 
 
 class IdentityTaken(Exception):
@@ -119,15 +119,7 @@ class EnrichRepository:
 
     async def index_emails(self, owners: Sequence[tuple[str, str]]) -> None:
         """Remember (email, customer id) pairs; an address keeps its first customer."""
-        if not owners:
-            return
-        try:
-            await self.emails.insert_many(
-                [{"_id": email, "customer_id": owner} for email, owner in owners], ordered=False
-            )
-        except BulkWriteError as error:
-            if not only_duplicates(error):
-                raise
+        await insert_new(self.emails, [{"_id": e, "customer_id": owner} for e, owner in owners])
 
     async def reindex_emails(self, owners: Sequence[tuple[str, str]], customers: list[str]) -> None:
         """Replace the customers' remembered emails with ``owners``."""

@@ -10,9 +10,8 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
-from shared.mongo import Document, epoch_ms, insert_new, only_duplicates
+from shared.mongo import Document, epoch_ms, insert_new
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,7 @@ class NotifyRepository:
 
     async def insert_deliveries(self, deliveries: list[Document]) -> None:
         """Store new deliveries; ones already stored (a redelivered event) stay as they are."""
-        if not deliveries:
-            return
-        try:
-            await self.deliveries.insert_many(deliveries, ordered=False)
-        except BulkWriteError as error:
-            if not only_duplicates(error):
-                raise
+        await insert_new(self.deliveries, deliveries)
 
     async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[Document]:
         """Take up to ``limit`` of the most overdue pending deliveries, leasing them so no

@@ -11,8 +11,9 @@ topic into its own collection, so each can check every key without asking anothe
 A record is created once and can only become revoked, so replicas merge without
 conflict. A key found good is taken on trust for ``KEY_TRUSTED_S`` (no store read per
 request); its revocation ends that trust at once where it is stored or merged, and
-within ``KEY_TRUSTED_S`` on other replicas of the same service. The deployment's bootstrap admin token (``SWITCHBOARD_AUTH_ADMIN_TOKEN``)
-is an admin key that lives in the settings; it is how the first keys are made.
+within ``KEY_TRUSTED_S`` on other replicas of the same service. The deployment's
+bootstrap admin token (``SWITCHBOARD_AUTH_ADMIN_TOKEN``) is an admin key that lives in
+the settings; it is how the first keys are made.
 
 Roles:
 - ``admin``: policy, queues, agents, subscriptions, publishers and feeds, keys,

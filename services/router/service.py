@@ -40,7 +40,7 @@ from shared.events import (
 )
 from shared.logging import get_logger, handling
 from shared.mongo import Document, epoch_ms
-from shared.outbox import Outbox
+from shared.outbox import Outbox, OutboxEntry
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
@@ -90,7 +90,7 @@ class Writes:
     steps, written together by ``flush``. A crash before it loses nothing that matters: a
     redelivered item is found stored, and its offer event is owed again."""
 
-    events: list[tuple[str, str, CloudEvent[Any]]] = field(default_factory=list)
+    events: list[OutboxEntry] = field(default_factory=list)
     steps: list[Document] = field(default_factory=list)
     # The agents as the decision steps describe them: read once, then kept up to date
     # with this process's own reservations.

@@ -92,7 +92,9 @@ class Runtime:
         except Exception as exc:  # the watch below tries again while positions are past the end
             log.warning("rewinding the consumers failed", error=repr(exc))
 
-    async def watch_for_lost_log(self, relay: OutboxRelay, interval_s: float = 0.5) -> None:
+    async def watch_for_lost_log(
+        self, relays: Sequence[OutboxRelay], interval_s: float = 0.5
+    ) -> None:
         """Notice a broker that lost its log from this service's own consumers, whether or
         not its relay noticed: a consumer positioned past a partition's end would wait for
         offsets the new log has not reached, and pass over everything published again
@@ -111,7 +113,8 @@ class Runtime:
                     "broker lost data: consumers are past a partition's end, reading again",
                     partitions=[f"{tp.topic}[{tp.partition}]" for tp in lost],
                 )
-                relay.republish_window("a consumer is past a partition's end")
+                for relay in relays:
+                    relay.republish_window("a consumer is past a partition's end")
                 await self.rewind_consumers()
 
     async def database_ready(self) -> str | None:
@@ -130,26 +133,32 @@ def service_app(
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     extra_checks: Sequence[ReadinessCheck] = (),
     streamed: Sequence[str] = (),
+    outboxes: Sequence[Outbox] = (),
 ) -> FastAPI:
-    """A service's FastAPI app with health, metrics, errors and a lifespan that runs it all."""
+    """A service's FastAPI app with health, metrics, errors and a lifespan that runs it all:
+    a relay for the runtime's outbox and for each of ``outboxes``, the service's others."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_logging(runtime.settings.log)
         await kafka.ensure_topics(runtime.settings.kafka, runtime.settings.kafka.topics.all())
-        await runtime.outbox.ensure_indexes()
+        for outbox in (runtime.outbox, *outboxes):
+            await outbox.ensure_indexes()
         await runtime.audit.ensure_indexes()
         for step in startup:
             await step()
-        relay = OutboxRelay(
-            runtime.outbox,
-            runtime.settings.kafka,
-            runtime.metrics,
-            on_broker_lost=runtime.rewind_consumers,
-        )
+        relays = [
+            OutboxRelay(
+                outbox,
+                runtime.settings.kafka,
+                runtime.metrics,
+                on_broker_lost=runtime.rewind_consumers,
+            )
+            for outbox in (runtime.outbox, *outboxes)
+        ]
         runtime.tasks = [
-            asyncio.create_task(relay.run()),
-            asyncio.create_task(runtime.watch_for_lost_log(relay)),
+            *(asyncio.create_task(relay.run()) for relay in relays),
+            asyncio.create_task(runtime.watch_for_lost_log(relays)),
             *(asyncio.create_task(work()) for work in background),
         ]
         try:

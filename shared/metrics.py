@@ -42,7 +42,8 @@ def service_metrics(service: str) -> ServiceMetrics:
         ),
         outbox_backlog=Gauge(
             f"{prefix}_outbox_backlog",
-            "Events stored but not yet published (at most one relay batch)",
+            "Events stored but not yet published (at most one relay batch), by outbox",
+            ["outbox"],
         ),
         http_requests=Counter(
             f"{prefix}_http_requests",

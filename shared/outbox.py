@@ -44,10 +44,21 @@ OutboxEntry = tuple[str, str, CloudEvent[Any]]  # topic, Kafka key, event
 
 
 class Outbox:
-    """Stored events waiting for the relay; the only code that touches ``outbox``."""
+    """Stored events waiting for the relay; the only code that writes the outbox fields.
 
-    def __init__(self, db: AsyncDatabase[Document], store_read_every_s: float = 5.0) -> None:
-        self.collection = db["outbox"]
+    An outbox is a collection, ``outbox`` unless named otherwise. A service whose records
+    each owe one event may keep them as the entries themselves (ingest's interactions):
+    the record and its event are then one document, stored atomically without a
+    multi-document transaction, and one insert instead of two.
+    """
+
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        store_read_every_s: float = 5.0,
+        collection: str = "outbox",
+    ) -> None:
+        self.collection = db[collection]
         self.wakeup = asyncio.Event()
         # Entries this process stored, in the order it stored them, handed to the relay
         # in memory so that it need not read them back (reading pending entries is the
@@ -64,11 +75,18 @@ class Outbox:
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("pending", ASCENDING), ("seq", ASCENDING)])
 
-    async def add(self, entries: Sequence[OutboxEntry]) -> None:
-        """Store ``(topic, key, event)`` entries; ones already stored are left as they are."""
+    async def add(
+        self, entries: Sequence[OutboxEntry], records: Sequence[Document] = ()
+    ) -> set[str]:
+        """Store ``(topic, key, event)`` entries, each with the fields of its record when
+        ``records`` are given; returns the ids stored now. Ones already stored (by id, or
+        by a unique index on the records' fields) are left as they are."""
         if not entries:
-            return
+            return set()
         docs = [_entry(topic, key, event) for topic, key, event in entries]
+        if records:
+            for doc, record in zip(docs, records, strict=True):
+                doc.update(record)
         try:
             stored = await insert_new(self.collection, docs)
         except PyMongoError:
@@ -78,6 +96,7 @@ class Outbox:
             self.read_store = True
         self.fresh += [doc for doc in docs if doc["_id"] in stored]
         self.wakeup.set()
+        return {str(id_) for id_ in stored}
 
     async def next_batch(self, limit: int) -> list[Document]:
         """The next entries to publish, in stored order: from the store when it may hold
@@ -264,7 +283,8 @@ class OutboxRelay:
         entries = await self.outbox.next_batch(self.batch)
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
-        self.metrics.outbox_backlog.set(len(entries) + len(self.outbox.fresh))
+        backlog = self.metrics.outbox_backlog.labels(outbox=self.outbox.collection.name)
+        backlog.set(len(entries) + len(self.outbox.fresh))
         if not entries:
             return 0
         if self._producer is None:

@@ -12,18 +12,21 @@ from services.ingest.journey import (
     enriched_step,
     journey_handler,
 )
-from services.ingest.repository import IngestRepository
+from services.ingest.repository import INTERACTIONS, IngestRepository
 from services.ingest.service import IngestService
 from shared.app import Runtime, service_app
 from shared.events import Assignment, DeliveryAttempt, EnrichedInteraction
+from shared.outbox import Outbox
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
     runtime = Runtime.create("ingest", settings)
     repository = IngestRepository(runtime.db)
+    interactions = Outbox(runtime.db, collection=INTERACTIONS)
     service = IngestService(
         repository,
         runtime.outbox,
+        interactions,
         settings.kafka.topics,
         (settings.rate_limit_per_s, settings.rate_limit_burst),
     )
@@ -47,6 +50,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         [api.router],
         startup=[repository.ensure_indexes, journeys.ensure_indexes],
         background=[poller.run],
+        outboxes=[interactions],
     )
     service.spans = runtime.spans
     app.state.service = service

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError
 
 from services.ingest.journey import JourneyLog, journey
-from services.ingest.repository import IngestRepository
+from services.ingest.repository import IngestRepository, interaction_fields
 from shared.egress import check_endpoint
 from shared.events import (
     INTERACTION_RECEIVED,
@@ -295,11 +295,13 @@ class IngestService:
         self,
         repository: IngestRepository,
         outbox: Outbox,
+        interactions: Outbox,
         topics: Topics,
         rate_limit: tuple[float, int],
     ) -> None:
         self.repository = repository
-        self.outbox = outbox
+        self.outbox = outbox  # rejected submissions
+        self.interactions = interactions  # each interaction with its received event
         self.topics = topics
         self.rate_limit = rate_limit
         self.buckets: dict[str, TokenBucket] = {}
@@ -323,12 +325,8 @@ class IngestService:
         publisher: Publisher,
         traceparents: Sequence[str | None] = (),
     ) -> list[Outcome]:
-        """Store each new interaction and its event; a repeat of (source, external_id)
-        answers with the original's id and stores nothing new.
-
-        For a repeat the original's event is stored again (a no-op when it is there),
-        which heals a crash between the two writes of the first attempt.
-        """
+        """Store each new interaction, as one document with its event; a repeat of
+        (source, external_id) answers with the original's id and stores nothing new."""
         outcomes: list[Outcome] = []
         fresh: list[tuple[int, Interaction]] = []
         now = utcnow()
@@ -340,30 +338,25 @@ class IngestService:
             else:
                 outcomes.append(Outcome("accepted"))
                 fresh.append((position, _new_interaction(item, now)))
-        repeats = await self.repository.insert_interactions(
-            [i for _, i in fresh], publisher.id, now
+        stored = await self.interactions.add(
+            [
+                (self.topics.received, author_key(i), received_event(i, _at(traceparents, p)))
+                for p, i in fresh
+            ],
+            [interaction_fields(i, publisher.id) for _, i in fresh],
         )
+        repeats = [i for _, i in fresh if i.id not in stored]
         originals = await self.repository.find_by_external_ids(
-            [(fresh[k][1].source, fresh[k][1].external_id) for k in sorted(repeats)]
+            [(i.source, i.external_id) for i in repeats]
         )
-        published: list[tuple[Interaction, str | None]] = []
-        for k, (position, interaction) in enumerate(fresh):
-            caller = traceparents[position] if position < len(traceparents) else None
-            if k not in repeats:
+        for position, interaction in fresh:
+            if interaction.id in stored:
                 outcomes[position] = Outcome("accepted", interaction.id)
-                published.append((interaction, caller))
             elif original := originals.get((interaction.source, interaction.external_id)):
                 outcomes[position] = Outcome("duplicate", original.id)
-                published.append((original, caller))
             else:  # erased between the insert and the look-up
                 retry = [{"field": "external_id", "reason": "changed concurrently; send again"}]
                 outcomes[position] = Outcome("rejected", errors=retry)
-        await self.outbox.add(
-            [
-                (self.topics.received, author_key(i), received_event(i, caller))
-                for i, caller in published
-            ]
-        )
         self._count(publisher, items, outcomes)
         return outcomes
 
@@ -425,7 +418,7 @@ class IngestService:
         stored = await self.repository.find_interaction(interaction_id)
         if stored is None or self.journeys is None:
             return None
-        published = await self.outbox.find(interaction_id)
+        published = await self._entry_of(stored)
         return journey(stored, published, await self.journeys.steps_of(interaction_id))
 
     async def get(self, interaction_id: str) -> Document | None:
@@ -433,13 +426,18 @@ class IngestService:
         doc = await self.repository.find_interaction(interaction_id)
         if doc is None:
             return None
-        entry = await self.outbox.find(interaction_id)
+        entry = await self._entry_of(doc)
         return {
             "interaction": doc["interaction"],
             "publisher_id": doc["publisher_id"],
             "stored_at": doc.get("stored_at"),
             "published_at": entry.get("published_at") if entry else None,
         }
+
+    async def _entry_of(self, stored: Document) -> Document | None:
+        """The outbox entry of a stored interaction's event: the document itself, or for
+        one stored before the two were one document, the entry in the general outbox."""
+        return stored if "pending" in stored else await self.outbox.find(stored["_id"])
 
     async def create_publisher(
         self, name: str, channels: list[str] | None, sources: list[str] | None
@@ -492,6 +490,10 @@ class IngestService:
 
     async def delete_feed(self, feed_id: str) -> bool:
         return await self.repository.delete_feed(feed_id)
+
+
+def _at(traceparents: Sequence[str | None], position: int) -> str | None:
+    return traceparents[position] if position < len(traceparents) else None
 
 
 def _new_interaction(item: InteractionIn, at: datetime) -> Interaction:

@@ -105,3 +105,27 @@ async def test_entries_another_replica_left_pending_are_published_while_busy(
 
     assert handed_out.count("left-by-a-replica-that-died") == 1
     assert [i for i in handed_out if i.startswith("own")] == [f"own{n}" for n in range(8)]
+
+
+async def test_entries_that_are_records_are_deduped_by_the_records_unique_fields(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    """An outbox in a collection of records (ingest's interactions): a record repeating
+    a unique field of a stored one stores nothing, and its event is not published."""
+    records = client[namespace]["records"]
+    await records.create_index("external_id", unique=True)
+    outbox = Outbox(client[namespace], collection="records")
+    await outbox.ensure_indexes()
+
+    first = await outbox.add([note("a"), note("b")], [{"external_id": "1"}, {"external_id": "2"}])
+    again = await outbox.add([note("c"), note("d")], [{"external_id": "1"}, {"external_id": "3"}])
+    published = await publish_all(outbox)
+    stored = await records.find({}).sort("external_id").to_list(None)
+
+    assert (first, again) == ({"a", "b"}, {"d"})
+    assert published == ["a", "b", "d"]
+    assert [(doc["_id"], doc["external_id"], doc["pending"]) for doc in stored] == [
+        ("a", "1", False),
+        ("b", "2", False),
+        ("d", "3", False),
+    ]

@@ -167,9 +167,19 @@ class Policy:
             compile_condition(f"rules.{index}.when", rule.when)
             for index, rule in enumerate(spec.rules)
         ]
+        self.variables = {name for program in self.programs for name in program.variables()}
 
     def decide(self, item: EnrichedInteraction) -> Decision:
-        context = condition_context(item)
+        # One CEL context for all the rules, holding only the variables they use: turning
+        # Python values into CEL ones is most of a rule's cost (measured: four rules took
+        # 150 µs from a dict, 40 µs from one shared context).
+        context = cel.Context(
+            {
+                name: value
+                for name, value in condition_context(item).items()
+                if name in self.variables
+            }
+        )
         trace = []
         for rule, program in zip(self.spec.rules, self.programs, strict=True):
             outcome = evaluate(rule, program, context)
@@ -189,7 +199,7 @@ class Policy:
         return self.queues[queue].sla_s[priority - 1]
 
 
-def evaluate(rule: RuleIn, program: cel.Program, context: dict[str, Any]) -> RuleOutcome:
+def evaluate(rule: RuleIn, program: cel.Program, context: cel.Context) -> RuleOutcome:
     """A condition that fails at run time (say, compares a string to a number) or does
     not yield a boolean counts as not matching, and says why."""
     try:

@@ -35,13 +35,18 @@ class RouterRepository:
         self.decisions = db["decisions"]
 
     async def items_in(
-        self, states: Sequence[str], match: Document | None = None, limit: int = 0
+        self,
+        states: Sequence[str],
+        match: Document | None = None,
+        limit: int = 0,
+        fields: Sequence[str] | None = None,
     ) -> list[Document]:
-        """Items in any of ``states`` (and matching ``match``): one indexed query per state,
-        as the embedded store scans the collection for ``$in`` and ``$or``."""
+        """Items in any of ``states`` (and matching ``match``), whole or only ``fields``:
+        one indexed query per state, as the embedded store scans the collection for
+        ``$in`` and ``$or``."""
         found: list[Document] = []
         for state in states:
-            cursor = self.items.find({"state": {"$eq": state}, **(match or {})})
+            cursor = self.items.find({"state": {"$eq": state}, **(match or {})}, fields)
             if limit:
                 cursor = cursor.limit(limit - len(found))
             found += await cursor.to_list(length=None)
@@ -274,8 +279,11 @@ class RouterRepository:
         return await self.agents.find_one(free) is not None
 
     async def waiting_items(self) -> list[Document]:
-        """Every item waiting for an agent or an answer to its offer, for queue statistics."""
-        return await self.items_in(("queued", "offered"))
+        """Every item waiting for an agent or an answer to its offer, for queue statistics:
+        only the fields those read (a busy desk may have thousands waiting, and each
+        whole item carries its text and customer)."""
+        fields = ["state", "queue", "priority", "enqueued_at", "sla_breached_ms"]
+        return await self.items_in(("queued", "offered"), fields=fields)
 
     async def online_agents(self) -> list[Document]:
         return await self.agents.find({"presence": {"$eq": "online"}}).to_list(length=None)

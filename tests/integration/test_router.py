@@ -431,6 +431,8 @@ async def test_skills_are_respected_and_do_not_block_the_queue(router: Router) -
     assert await router.item_state(spanish.interaction.id) == "queued"
     by_name = {queue["name"]: queue for queue in stats}
     assert by_name["spanish"]["waiting"]["1"] == 1
+    assert by_name["spanish"]["oldest_wait_s"] >= 0.5  # it waited through the sleep above
+    assert by_name["spanish"]["sla_breached"] == 0
     assert by_name["spanish"]["agents_online"] == 0
     assert by_name["general"]["offered"] == 1
     assert by_name["general"]["agents_load"] == 1

@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.events import Interaction
 from shared.mongo import Document, epoch_ms
+from shared.outbox import entry_value
 
 INTERACTIONS = "interactions"  # the collection, an outbox of received events too
 
@@ -106,7 +107,7 @@ def interaction_fields(interaction: Interaction, publisher_id: str) -> Document:
 def _loaded(doc: Document) -> Document:
     """A stored interaction document with its interaction as fields: from its event's
     value, or as documents stored before kept it (as text, or as fields already)."""
-    if "value" in doc:
-        return {**doc, "interaction": json.loads(bytes(doc["value"]))}
+    if "interaction" not in doc:  # the document is its event's outbox entry
+        return {**doc, "interaction": json.loads(entry_value(doc))}
     interaction = doc["interaction"]
     return {**doc, "interaction": json.loads(interaction)} if isinstance(interaction, str) else doc

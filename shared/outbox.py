@@ -98,12 +98,16 @@ class Outbox:
         self.wakeup.set()
         return {str(id_) for id_ in stored}
 
+    def store_read_due(self) -> bool:
+        """Whether ``next_batch`` will read the store rather than take the hand-over."""
+        if time.monotonic() - self._last_store_read > self.store_read_every_s:
+            self.read_store = True
+        return self.read_store
+
     async def next_batch(self, limit: int) -> list[Document]:
         """The next entries to publish, in stored order: from the store when it may hold
         some the hand-over lacks, else those handed over."""
-        if time.monotonic() - self._last_store_read > self.store_read_every_s:
-            self.read_store = True
-        if not self.read_store:
+        if not self.store_read_due():
             batch = [e for e in self.fresh[:limit] if e["_id"] not in self.read_from_store]
             del self.fresh[:limit]
             return batch
@@ -266,6 +270,11 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._last_probe = 0.0
         self._lost_elsewhere: str | None = None  # why, when the loss was seen elsewhere
+        # Marking a batch published runs while the next batch is sent: the two wait on
+        # different servers. At most one mark is in flight, and it is awaited before
+        # anything that must see it done: a store read (else its entries would read as
+        # pending and go out again) and a replay (else the mark could undo it).
+        self._marking: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         delay = 0.2
@@ -286,10 +295,15 @@ class OutboxRelay:
                     await self._wait_for_work()
                     await self._probe_when_due()
         finally:
+            if self._marking is not None:  # stopping: its entries stay pending, sent again
+                self._marking.cancel()
             await self._drop_producer()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending entries; returns how many were published."""
+        """Publish one batch of pending entries; returns how many were published (their
+        mark may still be under way when it returns)."""
+        if self.outbox.store_read_due():
+            await self._marked()
         entries = await self.outbox.next_batch(self.batch)
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
@@ -314,7 +328,10 @@ class OutboxRelay:
             for entry in entries
         ]
         sent = await asyncio.gather(*deliveries)
-        await self.outbox.mark_published([entry["_id"] for entry in entries])
+        await self._marked()
+        self._marking = asyncio.create_task(
+            self.outbox.mark_published([entry["_id"] for entry in entries])
+        )
         if self.memory.acknowledged(sent):
             await self._noticed_loss("offsets went backwards on a send")
         now = utcnow()
@@ -355,7 +372,15 @@ class OutboxRelay:
         if self.on_broker_lost is not None:  # what this service consumed was lost too
             await self.on_broker_lost()
 
+    async def _marked(self) -> None:
+        """Wait for the mark in flight, if any; its failure is raised here."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await marking
+
     async def _republish(self, why: str) -> None:
+        with contextlib.suppress(PyMongoError):  # a mark that failed left its entries pending
+            await self._marked()
         since = utcnow() - timedelta(seconds=self.replay_window_s)
         count = await self.outbox.republish_since(since)
         log.warning("broker lost data: publishing the recent window again", why=why, events=count)

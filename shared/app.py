@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -148,14 +149,11 @@ def service_app(
         for step in startup:
             await step()
         relays = [
-            OutboxRelay(
-                outbox,
-                runtime.settings.kafka,
-                runtime.metrics,
-                on_broker_lost=runtime.rewind_consumers,
-            )
+            OutboxRelay(outbox, runtime.settings.kafka, runtime.metrics)
             for outbox in (runtime.outbox, *outboxes)
         ]
+        for relay in relays:
+            relay.on_broker_lost = functools.partial(_broker_lost, runtime, relay, relays)
         runtime.tasks = [
             *(asyncio.create_task(relay.run()) for relay in relays),
             asyncio.create_task(runtime.watch_for_lost_log(relays)),
@@ -190,6 +188,18 @@ def service_app(
         app.include_router(router)
     require_access_rules(app)
     return app
+
+
+async def _broker_lost(
+    runtime: Runtime, noticed_by: OutboxRelay, relays: Sequence[OutboxRelay]
+) -> None:
+    """One relay saw the broker lose data and published its own window again: the
+    service's other relays publish theirs too (one that has sent nothing since it started
+    has nothing to notice it by), and its consumers read their topics again."""
+    for relay in relays:
+        if relay is not noticed_by:
+            relay.republish_window("another relay of this service saw the broker lose data")
+    await runtime.rewind_consumers()
 
 
 @asynccontextmanager

@@ -104,10 +104,11 @@ class Outbox:
             self.read_store = True
         return self.read_store
 
-    async def next_batch(self, limit: int) -> list[Document]:
+    async def next_batch(self, limit: int, read_store: bool | None = None) -> list[Document]:
         """The next entries to publish, in stored order: from the store when it may hold
-        some the hand-over lacks, else those handed over."""
-        if not self.store_read_due():
+        some the hand-over lacks, else those handed over. ``read_store``: what
+        ``store_read_due`` answered the caller, if it asked."""
+        if not (self.store_read_due() if read_store is None else read_store):
             batch = [e for e in self.fresh[:limit] if e["_id"] not in self.read_from_store]
             del self.fresh[:limit]
             return batch
@@ -295,16 +296,17 @@ class OutboxRelay:
                     await self._wait_for_work()
                     await self._probe_when_due()
         finally:
-            if self._marking is not None:  # stopping: its entries stay pending, sent again
-                self._marking.cancel()
+            with contextlib.suppress(TimeoutError):  # unmarked entries are sent again
+                await asyncio.wait_for(self._marked(), timeout=2.0)
             await self._drop_producer()
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending entries; returns how many were published (their
         mark may still be under way when it returns)."""
-        if self.outbox.store_read_due():
+        read_store = self.outbox.store_read_due()
+        if read_store:
             await self._marked()
-        entries = await self.outbox.next_batch(self.batch)
+        entries = await self.outbox.next_batch(self.batch, read_store)
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
         backlog = self.metrics.outbox_backlog.labels(outbox=self.outbox.collection.name)
@@ -373,14 +375,19 @@ class OutboxRelay:
             await self.on_broker_lost()
 
     async def _marked(self) -> None:
-        """Wait for the mark in flight, if any; its failure is raised here."""
+        """Wait for the mark in flight, if any. One that failed left its entries pending:
+        the store is read next, and they go out again (consumers dedupe)."""
         marking, self._marking = self._marking, None
-        if marking is not None:
+        if marking is None:
+            return
+        try:
             await marking
+        except PyMongoError as exc:
+            log.warning("marking events published failed; they go out again", error=repr(exc))
+            self.outbox.read_store = True
 
     async def _republish(self, why: str) -> None:
-        with contextlib.suppress(PyMongoError):  # a mark that failed left its entries pending
-            await self._marked()
+        await self._marked()
         since = utcnow() - timedelta(seconds=self.replay_window_s)
         count = await self.outbox.republish_since(since)
         log.warning("broker lost data: publishing the recent window again", why=why, events=count)

@@ -153,7 +153,9 @@ def service_app(
             for outbox in (runtime.outbox, *outboxes)
         ]
         for relay in relays:
-            relay.on_broker_lost = functools.partial(_broker_lost, runtime, relay, relays)
+            relay.on_broker_lost = functools.partial(
+                broker_lost, relay, relays, runtime.rewind_consumers
+            )
         runtime.tasks = [
             *(asyncio.create_task(relay.run()) for relay in relays),
             asyncio.create_task(runtime.watch_for_lost_log(relays)),
@@ -190,8 +192,10 @@ def service_app(
     return app
 
 
-async def _broker_lost(
-    runtime: Runtime, noticed_by: OutboxRelay, relays: Sequence[OutboxRelay]
+async def broker_lost(
+    noticed_by: OutboxRelay,
+    relays: Sequence[OutboxRelay],
+    rewind_consumers: Callable[[], Awaitable[None]],
 ) -> None:
     """One relay saw the broker lose data and published its own window again: the
     service's other relays publish theirs too (one that has sent nothing since it started
@@ -199,7 +203,7 @@ async def _broker_lost(
     for relay in relays:
         if relay is not noticed_by:
             relay.republish_window("another relay of this service saw the broker lose data")
-    await runtime.rewind_consumers()
+    await rewind_consumers()
 
 
 @asynccontextmanager

@@ -143,14 +143,14 @@ def service_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_logging(runtime.settings.log)
         await kafka.ensure_topics(runtime.settings.kafka, runtime.settings.kafka.topics.all())
-        for outbox in (runtime.outbox, *outboxes):
+        every_outbox = (runtime.outbox, *outboxes)
+        for outbox in every_outbox:
             await outbox.ensure_indexes()
         await runtime.audit.ensure_indexes()
         for step in startup:
             await step()
         relays = [
-            OutboxRelay(outbox, runtime.settings.kafka, runtime.metrics)
-            for outbox in (runtime.outbox, *outboxes)
+            OutboxRelay(outbox, runtime.settings.kafka, runtime.metrics) for outbox in every_outbox
         ]
         for relay in relays:
             relay.on_broker_lost = functools.partial(

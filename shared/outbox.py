@@ -269,6 +269,7 @@ class OutboxRelay:
         self.probe_interval_s = probe_interval_s
         self.memory = BrokerMemory()
         self.on_broker_lost = on_broker_lost
+        self.backlog = metrics.outbox_backlog.labels(outbox=outbox.collection.name)
         self._producer: AIOKafkaProducer | None = None
         self._last_probe = 0.0
         self._lost_elsewhere: str | None = None  # why, when the loss was seen elsewhere
@@ -310,8 +311,7 @@ class OutboxRelay:
         entries = await self.outbox.next_batch(self.batch, read_store)
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
-        backlog = self.metrics.outbox_backlog.labels(outbox=self.outbox.collection.name)
-        backlog.set(len(entries) + len(self.outbox.fresh))
+        self.backlog.set(len(entries) + len(self.outbox.fresh))
         if not entries:
             return 0
         if self._producer is None:

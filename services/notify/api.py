@@ -109,7 +109,7 @@ async def list_deliveries(
     if created:
         filters["created_ms"] = created
     deliveries = await service.list_deliveries(filters, limit)
-    return [public(delivery) for delivery in deliveries]
+    return [public(delivery, hide=("lease",)) for delivery in deliveries]
 
 
 @router.get("/deliveries/{delivery_id}/attempts", dependencies=[AdminOrOperator])
@@ -128,7 +128,7 @@ async def replay_delivery(delivery_id: str, service: Service) -> dict[str, Any]:
     replayed = await service.replay(delivery_id)
     if replayed is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such finished delivery")
-    return public(replayed)
+    return public(replayed, hide=("lease",))
 
 
 class ReplayDeadIn(BaseModel):

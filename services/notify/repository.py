@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,7 +68,7 @@ class NotifyRepository:
 
         If this worker dies mid-attempt, the lease runs out and the delivery is tried again.
         """
-        return await self.lease(await self.due(now, limit), lease_until)
+        return await self.lease(await self.due(now, limit), now, lease_until)
 
     async def due(self, now: datetime, limit: int) -> list[Document]:
         # $eq, not a bare value: the embedded store answers it from the index rather than
@@ -77,27 +77,36 @@ class NotifyRepository:
         cursor = self.deliveries.find(due).sort("next_attempt_ms", ASCENDING).limit(limit)
         return await cursor.to_list(length=limit)
 
-    async def lease(self, deliveries: list[Document], until: datetime) -> list[Document]:
-        """Lease the deliveries still pending and due when they were read: one conditional
-        update each, sent together; returns those leased, as they are now."""
-        until_ms = epoch_ms(until)
+    async def lease(
+        self, deliveries: list[Document], now: datetime, until: datetime
+    ) -> list[Document]:
+        """Lease those of ``deliveries`` still pending and due at ``now``; returns those
+        leased, as they are now.
 
-        async def take(delivery: Document) -> bool:
-            result = await self.deliveries.update_one(
-                {
-                    "_id": delivery["_id"],
-                    "status": {"$eq": "pending"},
-                    "next_attempt_ms": {"$eq": delivery["next_attempt_ms"]},
-                },
-                {"$set": {"next_attempt_ms": until_ms}},
-            )
-            return result.modified_count == 1
-
-        taken = await asyncio.gather(*(take(delivery) for delivery in deliveries))
+        One update for them all, marked with a token of this claim: a delivery another
+        worker leased meanwhile is no longer due (its lease moved it past ``now``), so the
+        update leaves it out. Only when it left some out are they read back, to tell ours
+        by the token. (One conditional update per delivery cost the store a command each,
+        the dearest part of a busy notify.)
+        """
+        if not deliveries:
+            return []
+        until_ms, token = epoch_ms(until), uuid.uuid4().hex
+        ids = [delivery["_id"] for delivery in deliveries]
+        result = await self.deliveries.update_many(
+            {
+                "_id": {"$in": ids},
+                "status": {"$eq": "pending"},
+                "next_attempt_ms": {"$lte": epoch_ms(now)},
+            },
+            {"$set": {"next_attempt_ms": until_ms, "lease": token}},
+        )
+        if result.modified_count < len(ids):
+            stored = await self.deliveries.find({"_id": {"$in": ids}}).to_list(None)
+            ours = {delivery["_id"] for delivery in stored if delivery.get("lease") == token}
+            deliveries = [delivery for delivery in deliveries if delivery["_id"] in ours]
         return [
-            {**delivery, "next_attempt_ms": until_ms}
-            for delivery, ours in zip(deliveries, taken, strict=True)
-            if ours
+            {**delivery, "next_attempt_ms": until_ms, "lease": token} for delivery in deliveries
         ]
 
     async def postpone(self, delivery_id: str, until: datetime) -> None:

@@ -42,7 +42,7 @@ AgentKey = Annotated[Principal, allow(Role.AGENT)]
 
 
 def agent_out(doc: dict[str, Any]) -> dict[str, Any]:
-    return public(doc)
+    return public(doc, hide=("reservations",))  # the router's own bookkeeping
 
 
 @router.post("/agents", status_code=status.HTTP_201_CREATED)

@@ -11,8 +11,8 @@ it would scan the items, which grow by one per interaction, on every timer tick.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -25,6 +25,8 @@ from shared.mongo import Document, epoch_ms, insert_new
 
 # The most agents a decision step lists (and a batch of offers chooses among at once).
 CANDIDATES_READ = 200
+# Reservation tokens an agent keeps: enough that one stays while its writer reads it back.
+RECENT_RESERVATIONS = 20
 
 
 class RouterRepository:
@@ -166,17 +168,37 @@ class RouterRepository:
 
     async def reserve_agents(self, units: dict[str, int], at: datetime) -> set[str]:
         """Take ``units[agent]`` units of capacity from each agent, one conditional update
-        each, sent together; the agents that were still online with that much free."""
+        each, all in one write; returns the agents that were still online with that much
+        free.
 
-        async def take(agent_id: str, count: int) -> bool:
-            result = await self.agents.update_one(
-                {"_id": agent_id, "presence": "online", "free": {"$gte": count}},
-                {"$inc": {"free": -count, "load": count}, "$set": {"last_offer_ms": epoch_ms(at)}},
-            )
-            return result.modified_count == 1
-
-        taken = await asyncio.gather(*(take(agent, count) for agent, count in units.items()))
-        return {agent for agent, took in zip(units, taken, strict=True) if took}
+        Each update also leaves a token of this call among the agent's recent
+        reservations, so that when some could not be made (an agent gone offline, another
+        replica first) the agents read back tell which were. (One round trip per agent
+        was the router's largest share of store commands.)
+        """
+        if not units:
+            return set()
+        token = uuid.uuid4().hex
+        result = await self.agents.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": agent_id, "presence": "online", "free": {"$gte": count}},
+                    {
+                        "$inc": {"free": -count, "load": count},
+                        "$set": {"last_offer_ms": epoch_ms(at)},
+                        "$push": {
+                            "reservations": {"$each": [token], "$slice": -RECENT_RESERVATIONS}
+                        },
+                    },
+                )
+                for agent_id, count in units.items()
+            ],
+            ordered=False,
+        )
+        if result.modified_count == len(units):
+            return set(units)
+        agents = self.agents.find({"_id": {"$in": list(units)}})
+        return {agent["_id"] async for agent in agents if token in agent.get("reservations", [])}
 
     async def offer_items(self, offers: Sequence[Document]) -> set[str]:
         """Move queued items to their agents in one write (``offers``: each item as

@@ -450,15 +450,19 @@ async def test_workers_claiming_at_once_never_take_the_same_delivery(
         )
         lease = now + timedelta(seconds=60)
 
-        # Two workers read the same due deliveries before either leases them.
-        first_read, second_read = await repository.due(now, 40), await repository.due(now, 40)
-        first = await repository.lease(first_read, lease)
-        second = await repository.lease(second_read, lease + timedelta(seconds=1))
+        # Two workers read the same due deliveries before either leases them; the second
+        # read 10 more than the first.
+        first_read, second_read = await repository.due(now, 40), await repository.due(now, 50)
+        first = await repository.lease(first_read, now, lease)
+        second = await repository.lease(second_read, now, lease + timedelta(seconds=1))
         rest = await repository.claim_due(now, lease, limit=40)
 
         assert len(first_read) == len(first) == 40
-        assert second == []  # lost every race: none taken twice
-        assert {d["_id"] for d in first + rest} == {f"d{n}" for n in range(60)}
+        # It lost the race for the 40, and took the 10 only it read: none taken twice.
+        assert {d["_id"] for d in second} == {d["_id"] for d in second_read[40:]}
+        assert len(second) == 10
+        assert {d["_id"] for d in first + second + rest} == {f"d{n}" for n in range(60)}
+        assert len(rest) == 10
         assert await repository.claim_due(now, lease, limit=40) == []  # all leased
     finally:
         await client.close()

@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient
 from services.router.config import RouterSettings
 from services.router.decisions import step
 from services.router.main import create_app
-from services.router.repository import RouterRepository
+from services.router.repository import RECENT_RESERVATIONS, RouterRepository
 from shared.embedded import EmbeddedStack
 from shared.events import (
     INTERACTION_ENRICHED,
@@ -642,3 +642,36 @@ async def test_decision_steps_stored_together_or_again_read_back_once_each(
     assert stored == 3  # i-1's pair, i-1's routed alone, i-2's
     assert sorted(s["step"] for s in steps) == ["offered", "routed"]
     assert next(s for s in steps if s["step"] == "offered")["candidates"] == [{"agent_id": "a-1"}]
+
+
+async def test_capacity_is_reserved_in_one_write_and_only_where_it_was_free(
+    stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    repository = RouterRepository(client[namespace])
+    agents = client[namespace]["agents"]
+    await agents.insert_many(
+        [
+            {"_id": "a-1", "presence": "online", "capacity": 3, "free": 3, "load": 0},
+            {"_id": "a-2", "presence": "offline", "capacity": 3, "free": 3, "load": 0},
+            {"_id": "a-3", "presence": "online", "capacity": 1, "free": 1, "load": 0},
+        ]
+    )
+    now = utcnow()
+
+    partly = await repository.reserve_agents({"a-1": 2, "a-2": 1, "a-3": 2}, now)
+    wholly = await repository.reserve_agents({"a-1": 1, "a-3": 1}, now)
+    for _ in range(RECENT_RESERVATIONS + 5):
+        await repository.release_agent("a-1")
+        await repository.reserve_agents({"a-1": 1}, now)
+    stored = {agent["_id"]: agent async for agent in agents.find()}
+    await client.close()
+
+    assert partly == {"a-1"}  # a-2 is offline, a-3 had one unit free, not two
+    assert wholly == {"a-1", "a-3"}
+    assert [(stored[a]["free"], stored[a]["load"]) for a in ("a-1", "a-2", "a-3")] == [
+        (0, 3),
+        (3, 0),
+        (0, 1),
+    ]
+    assert len(stored["a-1"]["reservations"]) == RECENT_RESERVATIONS  # kept short

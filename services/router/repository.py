@@ -200,41 +200,6 @@ class RouterRepository:
         agents = self.agents.find({"_id": {"$in": list(units)}})
         return {agent["_id"] async for agent in agents if token in agent.get("reservations", [])}
 
-    async def offer_items(self, offers: Sequence[Document]) -> set[str]:
-        """Move queued items to their agents in one write (``offers``: each item as
-        offered); the ids moved now. One another replica moved first stays as it is."""
-        if not offers:
-            return set()
-        result = await self.items.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": offer["_id"], "state": "queued"},
-                    {
-                        "$set": {
-                            "state": "offered",
-                            "agent_id": offer["agent_id"],
-                            "offered_at": offer["offered_at"],
-                            "offer_expires_ms": offer["offer_expires_ms"],
-                        },
-                        "$inc": {"offer": 1},
-                    },
-                )
-                for offer in offers
-            ],
-            ordered=False,
-        )
-        if result.modified_count == len(offers):
-            return {offer["_id"] for offer in offers}
-        mine = {offer["_id"]: offer for offer in offers}
-        stored = self.items.find({"_id": {"$in": list(mine)}})
-        return {
-            doc["_id"]
-            async for doc in stored
-            if doc["state"] == "offered"
-            and doc["agent_id"] == mine[doc["_id"]]["agent_id"]
-            and doc.get("offer_expires_ms") == mine[doc["_id"]]["offer_expires_ms"]
-        }
-
     async def release_agent(self, agent_id: str) -> None:
         await self.agents.update_one({"_id": agent_id}, {"$inc": {"free": 1, "load": -1}})
 

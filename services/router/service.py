@@ -359,17 +359,26 @@ class RouterService:
         return {"queue": item["queue"], "priority": max(1, int(item["priority"]) - 1)}
 
     async def route_batch(self, events: Sequence[CloudEvent[EnrichedInteraction]]) -> None:
-        """Store the batch's new items at once, offer them together, in order, to agents
-        chosen from one read of the agents; what that could not settle (a redelivered
+        """Offer the batch's items together, in order, to agents chosen from one read of
+        the agents, then store each item as it ends up, offered or queued: one write per
+        item rather than stored and then moved. What that could not settle (a redelivered
         item, a reservation another replica won) is placed one item at a time. Events and
         decision steps are written together at the end."""
         # By interaction id: a repeat within the batch is the same item.
         routed: dict[str, tuple[CloudEvent[EnrichedInteraction], Document, Decision]] = {}
         for event in events:
             routed.setdefault(event.data.interaction.id, (event, *self.route(event)))
-        fresh = await self.repository.insert_items([item for _, item, _ in routed.values()])
         writes = Writes()
-        offers = await self.offer_together([routed[i][1] for i in routed if i in fresh], writes)
+        offers = await self.offer_together([item for _, item, _ in routed.values()], writes)
+        fresh = await self.repository.insert_items(
+            [
+                settled.item if isinstance(settled := offers.get(i), Offer) else routed[i][1]
+                for i in routed
+            ]
+        )
+        for offer in offers.values():
+            if isinstance(offer, Offer) and offer.item["_id"] not in fresh:
+                await self.repository.release_agent(offer.agent["_id"])  # stored before
         for event, item, decision in routed.values():
             data = event.data
             with (
@@ -379,7 +388,7 @@ class RouterService:
                 self.spans.span("route", event.traceparent, interaction_id=data.interaction.id),
             ):
                 writes.steps.append(routed_step(item["_id"], decision))
-                outcome = offers.get(item["_id"], "unsettled")
+                outcome = offers.get(item["_id"]) if item["_id"] in fresh else None
                 if isinstance(outcome, Offer):
                     self.record_offer(outcome, writes)
                 elif outcome == "no agent":
@@ -391,9 +400,9 @@ class RouterService:
     async def offer_together(
         self, items: Sequence[Document], writes: Writes
     ) -> dict[str, Offer | Literal["no agent"]]:
-        """Offer queued items in order, each to the agent ``reserve_agent`` would choose,
-        in three round trips for the lot: the agents read, their capacity reserved, the
-        items moved. An item missing from the answer is left for ``place``."""
+        """Choose for queued items, in order, the agent ``reserve_agent`` would choose, and
+        reserve their capacity: two round trips for the lot, the agents read and their
+        capacity reserved. An item missing from the answer is left for ``place``."""
         if not items:
             return {}
         agents = await self.candidates(writes)
@@ -421,14 +430,9 @@ class RouterService:
         offers = [offer for offer in chosen.values() if isinstance(offer, Offer)]
         units = collections.Counter(offer.agent["_id"] for offer in offers)
         reserved = await self.repository.reserve_agents(dict(units), now)
-        moved = await self.repository.offer_items(
-            [offer.item for offer in offers if offer.agent["_id"] in reserved]
-        )
         for offer in offers:
-            if offer.item["_id"] not in moved:
+            if offer.agent["_id"] not in reserved:
                 del chosen[offer.item["_id"]]  # place() tries again, one at a time
-                if offer.agent["_id"] in reserved:
-                    await self.repository.release_agent(offer.agent["_id"])
         # The decision steps describe agents as this batch expected to find them; a
         # reservation lost to another replica is the one case where they are off.
         writes.agents = agents

@@ -202,6 +202,23 @@ async def test_redelivered_event_makes_one_offer(router: Router) -> None:
     assert [o.interaction_id for o in offers] == [item.interaction.id]
 
 
+async def test_an_event_redelivered_later_offers_nothing_more_and_holds_no_capacity(
+    router: Router,
+) -> None:
+    agent_id = await router.agent(capacity=3)
+    item = enriched()
+    await router.send(item)
+    await router.offers(1)
+
+    await router.send(item)  # redelivered once its item is stored and offered
+    offers = await router.offers(1, settle_s=2.0)
+    agent = (await router.http.get(f"/v1/agents/{agent_id}", headers=admin_headers())).json()
+
+    assert [o.interaction_id for o in offers] == [item.interaction.id]
+    assert (agent["load"], agent["free"]) == (1, 2)  # the unit chosen for the repeat given back
+    assert "reservations" not in agent
+
+
 async def test_agents_api_validates_and_needs_admin_token(router: Router) -> None:
     anonymous = await router.http.post("/v1/agents", json={"name": "A"})
     bad = await router.http.post(

@@ -366,7 +366,7 @@ def key_out(record: AccessKey) -> dict[str, Any]:
     return record.model_dump(mode="json", exclude={"key_hash"})
 
 
-def keys_of(request: Request) -> AccessKeys:
+async def keys_of(request: Request) -> AccessKeys:  # async: see app_service
     keys: AccessKeys = request.app.state.access
     return keys
 

@@ -81,10 +81,12 @@ def document_field_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def app_service(request: Request) -> Any:
+async def app_service(request: Request) -> Any:
     """Dependency: the service object ``create_app`` put on the app's state.
 
     Each api module names its type: ``Annotated[IngestService, Depends(app_service)]``.
+    Dependencies are ``async`` even when they do not wait: FastAPI runs a plain function
+    in a worker thread, a thread hand-off per request for a look-up.
     """
     return request.app.state.service
 

@@ -47,7 +47,7 @@ CONTENT_KINDS: dict[str, ContentKind] = {
 }
 
 
-def settings_of(request: Request) -> IngestSettings:
+async def settings_of(request: Request) -> IngestSettings:  # async: see app_service
     settings: IngestSettings = request.app.state.runtime.settings
     return settings
 

@@ -28,7 +28,13 @@ from shared.audit import AuditLog, AuditTrail, audit_api
 from shared.events import AccessKey
 from shared.http import BodyLimit, ReadinessCheck, add_health_routes, install_error_handlers
 from shared.logging import configure_logging, get_logger
-from shared.metrics import RequestMetrics, ServiceMetrics, metrics_endpoint, service_metrics
+from shared.metrics import (
+    RequestMetrics,
+    ServiceMetrics,
+    StoreCommandMetrics,
+    metrics_endpoint,
+    service_metrics,
+)
 from shared.outbox import Outbox, OutboxRelay
 from shared.settings import ServiceSettings
 from shared.tracing import Spans
@@ -56,14 +62,14 @@ class Runtime:
 
     @classmethod
     def create(cls, name: str, settings: ServiceSettings) -> Runtime:
-        client = mongo.connect(settings.mongo)
+        metrics = service_metrics(name)
+        client = mongo.connect(settings.mongo, [StoreCommandMetrics(metrics)])
         db = client[settings.mongo.database(name)]
         spans = Spans.create(name, settings.tracing.otlp_endpoint)
         outbox = Outbox(db)
         access = AccessKeys(
             db, outbox, settings.kafka.topics, settings.auth.admin_token, service=name
         )
-        metrics = service_metrics(name)
         runtime = cls(name, settings, client, db, outbox, metrics, access, AuditLog(db), spans)
         runtime.consume(
             settings.kafka.topics.access_keys, kafka.decoded(AccessKey, access.apply, metrics)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -17,12 +17,15 @@ Document = dict[str, Any]
 DUPLICATE_KEY = 11000
 
 
-def connect(settings: MongoSettings) -> AsyncMongoClient[Document]:
+def connect(
+    settings: MongoSettings, listeners: Sequence[monitoring.CommandListener] = ()
+) -> AsyncMongoClient[Document]:
     return AsyncMongoClient(
         settings.url.get_secret_value(),
         serverSelectionTimeoutMS=settings.timeout_ms,
         connectTimeoutMS=settings.timeout_ms,
         tz_aware=True,
+        event_listeners=list(listeners),
     )
 
 

@@ -346,6 +346,11 @@ def service_time(service: str, d: Samples) -> dict[str, Any]:
         "handle_ms_per_batch": handle_ms if batches_ else None,
         "handle_seconds_total": round(total(d, f"{prefix}_handle_seconds_sum"), 3),
         "publish_lag_ms_mean": lag_ms if published else None,
+        # What the service asked of its database: commands, documents written, and the
+        # time the answers took, summed (commands overlap, so it can exceed the phase).
+        "store_commands": int(total(d, f"{prefix}_store_commands_total")),
+        "store_documents": int(total(d, f"{prefix}_store_documents_total")),
+        "store_seconds": round(total(d, f"{prefix}_store_command_seconds_total"), 2),
     }
     if service == "ingest":
         post_ms, posts = mean_ms("http_request_seconds", method="POST", route="/v1/interactions")
@@ -808,7 +813,8 @@ def print_time(results: dict[str, Any], phase: str) -> None:
     print(f"\nwhere the time goes, switchboard, {phase.replace('_', ' ')} ({seconds:.1f} s):")
     print(
         f"  {'process':32} {'cores':>6} {'in':>7} {'out':>7} {'batches':>8} "
-        f"{'ms/batch':>9} {'busy s':>7} {'publish lag ms':>15}"
+        f"{'ms/batch':>9} {'busy s':>7} {'publish lag ms':>15} "
+        f"{'store cmds':>10} {'docs':>7} {'store s':>8}"
     )
     services = figures["services"]
     for name, cores in figures["cpu_cores"].items():
@@ -819,7 +825,8 @@ def print_time(results: dict[str, Any], phase: str) -> None:
         print(
             f"  {name:32} {cores:6.2f} {s['events_in']:7d} {s['events_out']:7d} "
             f"{s['batches_handled']:8d} {s['handle_ms_per_batch'] or math.nan:9.1f} "
-            f"{s['handle_seconds_total']:7.1f} {s['publish_lag_ms_mean'] or math.nan:15.1f}"
+            f"{s['handle_seconds_total']:7.1f} {s['publish_lag_ms_mean'] or math.nan:15.1f} "
+            f"{s['store_commands']:10d} {s['store_documents']:7d} {s['store_seconds']:8.1f}"
         )
     ingest, notify = services["ingest"], services["notify"]
     print(

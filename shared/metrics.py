@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pymongo import monitoring
@@ -72,45 +74,53 @@ def service_metrics(service: str) -> ServiceMetrics:
         ),
         store_documents=Counter(
             f"{prefix}_store_documents",
-            "Documents written: those inserted, and the update and delete statements sent",
+            "Documents written: inserted, matched by an update, or deleted",
             ["collection", "command"],
         ),
     )
 
 
 class StoreCommandMetrics(monitoring.CommandListener):
-    """Counts and times every command a service's client sends to its database, to show
-    where store time goes (writes per event, the dearest collections) without a profiler.
-    PyMongo calls it on the client's own thread, once as a command starts and once as it
-    ends."""
+    """Counts and times every command a service's client sends to its database, and the
+    documents it wrote (inserted, matched by an update, deleted), to show where store
+    time goes without a profiler. PyMongo calls it on the client's own thread, once as a
+    command starts and once as it ends."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
-        self._started: dict[tuple[object, int], tuple[str, str, int]] = {}
+        self._started: dict[tuple[object, int], tuple[str, str]] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        command = event.command
         name = event.command_name
-        target = command.get(name) if name != "getMore" else command.get("collection")
-        written = sum(len(command.get(field, ())) for field in ("documents", "updates", "deletes"))
+        target = event.command.get("collection" if name == "getMore" else name)
         collection = target if isinstance(target, str) else ""
-        self._started[(event.connection_id, event.request_id)] = (collection, name, written)
+        self._started[(event.connection_id, event.request_id)] = (collection, name)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        self._ended(event.connection_id, event.request_id, event.duration_micros)
+        written = documents_written(event.command_name, event.reply)
+        self._ended(event.connection_id, event.request_id, event.duration_micros, written)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        self._ended(event.connection_id, event.request_id, event.duration_micros)
+        self._ended(event.connection_id, event.request_id, event.duration_micros, 0)
 
-    def _ended(self, connection: object, request_id: int, micros: int) -> None:
+    def _ended(self, connection: object, request_id: int, micros: int, written: int) -> None:
         started = self._started.pop((connection, request_id), None)
         if started is None:
             return
-        collection, name, written = started
+        collection, name = started
         self.metrics.store_commands.labels(collection, name).inc()
         self.metrics.store_seconds.labels(collection, name).inc(micros / 1_000_000)
         if written:
             self.metrics.store_documents.labels(collection, name).inc(written)
+
+
+def documents_written(command: str, reply: Mapping[str, Any]) -> int:
+    """How many documents a write command's reply says it wrote (an update: matched)."""
+    if command in ("insert", "update", "delete"):
+        return int(reply.get("n", 0))
+    if command == "findAndModify":
+        return int(reply.get("lastErrorObject", {}).get("n", 0))
+    return 0
 
 
 class RequestMetrics:

@@ -1,5 +1,5 @@
-"""Every command a service sends to its database is counted, timed and its writes
-counted, by collection and command: what shows where store time goes."""
+"""Every command a service sends to its database is counted and timed, and the documents
+it wrote counted, by collection and command: what shows where store time goes."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ async def test_commands_are_counted_and_timed_and_their_writes_counted(
 
     after = {name: (commands(name), documents(name)) for name in ("insert", "update", "find")}
     assert after["insert"] == (before["insert"][0] + 1, before["insert"][1] + 3)
-    # One update statement, whatever it matched; a read writes nothing.
-    assert after["update"] == (before["update"][0] + 1, before["update"][1] + 1)
+    # An update counts the documents it matched; a read writes nothing.
+    assert after["update"] == (before["update"][0] + 1, before["update"][1] + 3)
     assert after["find"] == (before["find"][0] + 1, before["find"][1])
     seconds_after = metric_value(
         "switchboard_store_probe_store_command_seconds_total", collection="things", command="find"

@@ -89,8 +89,8 @@ class RouterRepository:
 
     async def held_items(self, agent_id: str) -> int:
         """Items offered to or accepted by the agent: what its load should be."""
-        held = await self.items_in(("offered", "accepted"), {"agent_id": {"$eq": agent_id}})
-        return len(held)
+        mine = {"agent_id": {"$eq": agent_id}}
+        return len(await self.items_in(("offered", "accepted"), mine, fields=["_id"]))
 
     async def correct_load(self, agent: Document, load: int) -> bool:
         """Set the agent's load to ``load`` if nothing reserved or released meanwhile."""

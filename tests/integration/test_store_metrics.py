@@ -24,24 +24,17 @@ async def test_commands_are_counted_and_timed_and_their_writes_counted(
     client = connect(settings, [StoreCommandMetrics(metrics)])
     things = client[namespace]["things"]
 
-    def commands(command: str) -> float:
-        return metric_value(
-            "switchboard_store_probe_store_commands_total",
-            collection="things",
-            command=command,
-        )
+    def things_metric(metric: str, command: str) -> float:
+        name = f"switchboard_store_probe_store_{metric}_total"
+        return metric_value(name, collection="things", command=command)
 
-    def documents(command: str) -> float:
-        return metric_value(
-            "switchboard_store_probe_store_documents_total",
-            collection="things",
-            command=command,
-        )
+    def counts() -> dict[str, tuple[float, float]]:
+        return {
+            name: (things_metric("commands", name), things_metric("documents", name))
+            for name in ("insert", "update", "find")
+        }
 
-    before = {name: (commands(name), documents(name)) for name in ("insert", "update", "find")}
-    seconds_before = metric_value(
-        "switchboard_store_probe_store_command_seconds_total", collection="things", command="find"
-    )
+    before, seconds_before = counts(), things_metric("command_seconds", "find")
     try:
         await things.insert_many([{"_id": n} for n in range(3)])
         await things.update_many({}, {"$set": {"seen": True}})
@@ -49,12 +42,9 @@ async def test_commands_are_counted_and_timed_and_their_writes_counted(
     finally:
         await client.close()
 
-    after = {name: (commands(name), documents(name)) for name in ("insert", "update", "find")}
+    after = counts()
     assert after["insert"] == (before["insert"][0] + 1, before["insert"][1] + 3)
     # An update counts the documents it matched; a read writes nothing.
     assert after["update"] == (before["update"][0] + 1, before["update"][1] + 3)
     assert after["find"] == (before["find"][0] + 1, before["find"][1])
-    seconds_after = metric_value(
-        "switchboard_store_probe_store_command_seconds_total", collection="things", command="find"
-    )
-    assert seconds_after > seconds_before
+    assert things_metric("command_seconds", "find") > seconds_before

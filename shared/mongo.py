@@ -54,16 +54,24 @@ def only_duplicates(error: BulkWriteError) -> bool:
 async def insert_new(collection: AsyncCollection[Document], docs: Sequence[Document]) -> set[Any]:
     """Insert the documents not stored yet (by ``_id`` or another unique key), in one
     round trip; returns the ``_id`` of those stored now."""
+    refused = await insert_refusing_duplicates(collection, docs)
+    return {doc.get("_id") for n, doc in enumerate(docs) if n not in refused}
+
+
+async def insert_refusing_duplicates(
+    collection: AsyncCollection[Document], docs: Sequence[Document]
+) -> set[int]:
+    """Insert the documents not stored yet, in one round trip; returns the positions of
+    those refused as already stored (by ``_id`` or another unique key)."""
     if not docs:
         return set()
-    refused: set[int] = set()
     try:
         await collection.insert_many(list(docs), ordered=False)
     except BulkWriteError as error:
         if not only_duplicates(error):
             raise
-        refused = {e["index"] for e in error.details["writeErrors"]}
-    return {doc.get("_id") for n, doc in enumerate(docs) if n not in refused}
+        return {e["index"] for e in error.details["writeErrors"]}
+    return set()
 
 
 __all__ = ["DUPLICATE_KEY", "AsyncDatabase", "Document", "DuplicateKeyError", "connect", "ping"]

@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import islice, takewhile
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -30,18 +33,40 @@ from aiokafka.structs import RecordMetadata
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.events import CloudEvent, encode, utcnow
+from shared.grouping import GroupWriter
 from shared.kafka import create_producer, end_offsets, ensure_topics
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, epoch_ms, insert_new
+from shared.mongo import Document, epoch_ms, insert_refusing_duplicates
 from shared.settings import KafkaSettings
 
 log = get_logger(__name__)
 
 OutboxEntry = tuple[str, str, CloudEvent[Any]]  # topic, Kafka key, event
+
+
+@dataclass
+class Advance:
+    """A writer's watermark moved on: its entries up to ``through`` are published."""
+
+    writer: str
+    epoch: int  # the writer's epoch when read; a replay since then voids the advance
+    start: int  # the watermark as the relay last knew it
+    through: int
+
+
+@dataclass
+class Batch:
+    """Entries to publish, in stored order, and the watermarks publishing them moves."""
+
+    entries: list[Document] = field(default_factory=list)
+    advances: list[Advance] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class Outbox:
@@ -51,6 +76,20 @@ class Outbox:
     each owe one event may keep them as the entries themselves (ingest's interactions):
     the record and its event are then one document, stored atomically without a
     multi-document transaction, and one insert instead of two.
+
+    What is published is kept as a watermark per writer, not as a mark on each entry
+    (that mark was a second write of every entry, the dearest part of an outbox on the
+    store). Each process writes as its own writer, numbering its entries 1, 2, 3... and
+    storing one group of adds at a time, so that every number below one it has stored
+    belongs to an add that has finished. A writer's document in ``<collection>_writers``
+    holds ``through``: every entry of that writer up to it is published. The relay moves
+    it on after the broker acknowledged the entries, and logs each move in
+    ``<collection>_marks`` with the time: that log says when an entry was published,
+    and what a replay must publish again. A replay lowers ``through`` and bumps the
+    writer's ``epoch``, so that a move in flight from before it changes nothing.
+
+    Entries stored before watermarks (with a ``pending`` field) are still published and
+    marked one by one.
     """
 
     def __init__(
@@ -58,8 +97,21 @@ class Outbox:
         db: AsyncDatabase[Document],
         store_read_every_s: float = 5.0,
         collection: str = "outbox",
+        settle_s: float = 10.0,
+        marks_kept_s: float = 86_400.0,
+        retire_after_s: float = 3_600.0,
     ) -> None:
         self.collection = db[collection]
+        self.writers = db[f"{collection}_writers"]
+        self.marks = db[f"{collection}_marks"]
+        self.writer = str(ObjectId())  # this process, as a writer of this outbox
+        # Another writer's entries are left to it while younger than this: it is likely
+        # alive and publishing them. Older ones are its leftovers, published by any relay.
+        self.settle_s = settle_s
+        self.marks_kept_s = marks_kept_s
+        # A writer not heard of for this long, with nothing pending, is no longer read.
+        # Longer than any replay window: a replay rewinds only writers still read.
+        self.retire_after_s = retire_after_s
         self.wakeup = asyncio.Event()
         # Entries this process stored, in the order it stored them, handed to the relay
         # in memory so that it need not read them back (reading pending entries is the
@@ -72,9 +124,23 @@ class Outbox:
         self.read_from_store: set[str] = set()  # the ids the last store read returned
         self.store_read_every_s = store_read_every_s
         self._last_store_read = 0.0
+        # Bumped whenever the store may hold entries the hand-over lacks, so that a store
+        # read that began before cannot clear ``read_store``.
+        self._generation = 0
+        self._next_n = 1
+        self._finished = 0  # every add numbered up to this has finished, stored or failed
+        self._registered = False
+        self._epoch = 0  # this writer's epoch and watermark, as this process last knew
+        self._through = 0
+        # One insert at a time, so that numbers are stored in order; adds made while
+        # one is stored go in the next one together.
+        self._adds = GroupWriter[None, list[Document], set[int]](self._store_together)
 
     async def ensure_indexes(self) -> None:
+        await self.collection.create_index([("writer", ASCENDING), ("n", ASCENDING)])
         await self.collection.create_index([("pending", ASCENDING), ("seq", ASCENDING)])
+        await self.marks.create_index([("writer", ASCENDING), ("through", ASCENDING)])
+        await self.marks.create_index([("at_ms", ASCENDING)])
 
     async def add(
         self, entries: Sequence[OutboxEntry], records: Sequence[Document] = ()
@@ -88,16 +154,46 @@ class Outbox:
         if records:
             for doc, record in zip(docs, records, strict=True):
                 doc.update(record)
+        refused = await self._adds.submit(None, docs)
+        return {str(doc["_id"]) for n, doc in enumerate(docs) if n not in refused}
+
+    async def _store_together(self, _: None, adds: list[list[Document]]) -> list[set[int]]:
+        """Number and store the adds waiting, in one insert; for each, the positions of
+        its entries refused as stored before."""
+        docs = [doc for add in adds for doc in add]
+        for doc in docs:
+            doc["writer"], doc["n"] = self.writer, self._next_n
+            self._next_n += 1
         try:
-            stored = await insert_new(self.collection, docs)
-        except PyMongoError:
-            self.read_store = True  # some may be stored all the same
+            if not self._registered:
+                await self._register()
+            refused = await insert_refusing_duplicates(self.collection, docs)
+        except BaseException:
+            self.need_store_read()  # some may be stored all the same
             raise
-        if len(stored) < len(docs):  # stored before, perhaps still pending: look there
+        finally:
+            self._finished = self._next_n - 1
+        if refused:  # stored before, perhaps still pending: look there
             self.read_store = True
-        self.fresh += [doc for doc in docs if doc["_id"] in stored]
+        self.fresh += [doc for n, doc in enumerate(docs) if n not in refused]
         self.wakeup.set()
-        return {str(id_) for id_ in stored}
+        outcomes, start = [], 0
+        for add in adds:
+            outcomes.append({n - start for n in refused if start <= n < start + len(add)})
+            start += len(add)
+        return outcomes
+
+    async def _register(self) -> None:
+        now_ms = epoch_ms(utcnow())
+        writer = {"_id": self.writer, "through": 0, "epoch": 0, "at_ms": now_ms, "alive_ms": now_ms}
+        with contextlib.suppress(DuplicateKeyError):  # stored by an attempt that timed out
+            await self.writers.insert_one(writer)
+        self._registered = True
+
+    def need_store_read(self) -> None:
+        """Have the next batch read the store: it may hold entries the hand-over lacks."""
+        self.read_store = True
+        self._generation += 1
 
     def store_read_due(self) -> bool:
         """Whether ``next_batch`` will read the store rather than take the hand-over."""
@@ -105,24 +201,68 @@ class Outbox:
             self.read_store = True
         return self.read_store
 
-    async def next_batch(self, limit: int, read_store: bool | None = None) -> list[Document]:
+    async def next_batch(self, limit: int, read_store: bool | None = None) -> Batch:
         """The next entries to publish, in stored order: from the store when it may hold
         some the hand-over lacks, else those handed over. ``read_store``: what
         ``store_read_due`` answered the caller, if it asked."""
-        if not (self.store_read_due() if read_store is None else read_store):
-            batch = [e for e in self.fresh[:limit] if e["_id"] not in self.read_from_store]
-            del self.fresh[:limit]
-            return batch
+        if self.store_read_due() if read_store is None else read_store:
+            return await self._read_store(limit)
+        entries = [e for e in self.fresh[:limit] if e["_id"] not in self.read_from_store]
+        del self.fresh[:limit]
+        if not entries:
+            return Batch()
+        # Every own entry numbered below these was published: by an earlier hand-over, by
+        # the last store read, or (an add that failed) is not passed before a store read.
+        advance = Advance(self.writer, self._epoch, self._through, entries[-1]["n"])
+        return Batch(entries, [advance])
+
+    async def _read_store(self, limit: int) -> Batch:
         self.fresh.clear()  # all stored: this read, or the next, returns them
+        generation, finished = self._generation, self._finished
         self._last_store_read = time.monotonic()
-        entries = await self.pending(limit)
-        # Entries stored while the read ran are handed over too; skip those it returned.
+        settled_before = utcnow() - timedelta(seconds=self.settle_s)
+        writers = [
+            w
+            for w in await self.writers.find({}).to_list(None)
+            if w["_id"] == self.writer or not w.get("retired")
+        ]
+        lists = await asyncio.gather(
+            *(self._pending_of(writer, limit, settled_before) for writer in writers),
+            self.pending(limit),  # entries stored before watermarks
+        )
+        entries = list(islice(heapq.merge(*lists, key=_stored_time), limit))
         self.read_from_store = {entry["_id"] for entry in entries}
+        # Entries stored while the read ran are handed over too; skip those it returned.
         self.fresh = [e for e in self.fresh if e["_id"] not in self.read_from_store]
-        self.read_store = len(entries) == limit  # a full batch: there may be more
-        return entries
+        # A full batch: there may be more. A failure while reading: look again.
+        self.read_store = len(entries) == limit or self._generation != generation
+        advances = []
+        for writer, listed in zip(writers, lists, strict=False):
+            if writer["_id"] == self.writer:
+                self._epoch, self._through = writer["epoch"], writer["through"]
+                # Own entries past ``finished`` belong to an add still being stored: others
+                # numbered below them may not be visible yet.
+                listed = [entry for entry in listed if entry["n"] <= finished]
+            taken = [entry for entry in listed if entry["_id"] in self.read_from_store]
+            if taken:
+                start, through = writer["through"], taken[-1]["n"]
+                advances.append(Advance(writer["_id"], writer["epoch"], start, through))
+        return Batch(entries, advances)
+
+    async def _pending_of(
+        self, writer: Document, limit: int, settled_before: datetime
+    ) -> list[Document]:
+        """A writer's entries past its watermark, in order; another writer's only up to
+        the first one still settling (it is publishing them itself, most likely)."""
+        query = {"writer": writer["_id"], "n": {"$gt": writer["through"]}}
+        cursor = self.collection.find(query).sort("n", ASCENDING).limit(limit)
+        entries = await cursor.to_list(length=limit)
+        if writer["_id"] == self.writer:
+            return entries
+        return list(takewhile(lambda entry: _stored_time(entry) < settled_before, entries))
 
     async def pending(self, limit: int) -> list[Document]:
+        """Entries stored before watermarks that are still pending, in stored order."""
         # An explicit $eq, the same match in MongoDB: the embedded store reads a bare
         # ``{"pending": True}`` as "true or an array holding true", which cannot use the
         # (pending, seq) index and scans the whole outbox on every poll.
@@ -130,23 +270,91 @@ class Outbox:
         cursor = self.collection.find(query).sort("seq", ASCENDING).limit(limit)
         return await cursor.to_list(length=limit)
 
-    async def mark_published(self, ids: Sequence[str]) -> None:
+    async def mark_published(self, batch: Batch) -> None:
+        """Record a published batch: move its writers' watermarks on, and mark its
+        entries stored before watermarks one by one."""
         now = utcnow()
-        await self.collection.update_many(
-            {"_id": {"$in": list(ids)}},
-            # published_ms: numbers compare reliably in every store, dates not always.
-            {"$set": {"pending": False, "published_at": now, "published_ms": epoch_ms(now)}},
+        unnumbered = [entry["_id"] for entry in batch.entries if "writer" not in entry]
+        if unnumbered:
+            await self.collection.update_many(
+                {"_id": {"$in": unnumbered}},
+                # published_ms: numbers compare reliably in every store, dates not always.
+                {"$set": {"pending": False, "published_at": now, "published_ms": epoch_ms(now)}},
+            )
+        for advance in batch.advances:
+            await self._advance(advance, epoch_ms(now))
+
+    async def _advance(self, advance: Advance, at_ms: int) -> None:
+        # The mark first: a replay reads marks to rewind, so a move must never be in
+        # place without its mark. A mark whose move then fails only rewinds a replay further.
+        mark = {"writer": advance.writer, "from": advance.start, "through": advance.through}
+        await self.marks.insert_one({**mark, "at_ms": at_ms})
+        moved = await self.writers.update_one(
+            {"_id": advance.writer, "epoch": advance.epoch, "through": {"$lt": advance.through}},
+            {"$set": {"through": advance.through, "at_ms": at_ms}},
         )
+        if moved.modified_count == 0:  # replayed, or moved on by another relay: read it
+            self.need_store_read()
+        elif advance.writer == self.writer:
+            self._through = advance.through
 
     async def republish_since(self, since: datetime) -> int:
-        """Make entries published at or after ``since`` pending again; returns how many."""
-        result = await self.collection.update_many(
-            {"pending": False, "published_ms": {"$gte": epoch_ms(since)}},
-            {"$set": {"pending": True}},
+        """Make entries published at or after ``since`` pending again; returns at most how
+        many (a watermark is lowered by a span of numbers, some of them never stored)."""
+        since_ms = epoch_ms(since)
+        unnumbered = await self.collection.update_many(
+            {"pending": False, "published_ms": {"$gte": since_ms}}, {"$set": {"pending": True}}
         )
-        self.read_store = True
+        # A writer's watermark as it stood at ``since``, or below: the lowest any move
+        # since then started from. Without moves since, it stands where it stood.
+        started_from: dict[str, int] = {}
+        async for mark in self.marks.find({"at_ms": {"$gte": since_ms}}):
+            writer = mark["writer"]
+            started_from[writer] = min(mark["from"], started_from.get(writer, mark["from"]))
+        rewound = 0
+        for writer in await self.writers.find({}).to_list(None):
+            if writer.get("retired"):
+                continue
+            back_to = min(writer["through"], started_from.get(writer["_id"], writer["through"]))
+            await self.writers.update_one(
+                {"_id": writer["_id"]}, {"$set": {"through": back_to}, "$inc": {"epoch": 1}}
+            )
+            rewound += writer["through"] - back_to
+        self.need_store_read()
         self.wakeup.set()
-        return result.modified_count
+        return unnumbered.modified_count + rewound
+
+    async def published_at(self, entry: Document) -> datetime | None:
+        """When an entry was first published; None while it is pending, or once the marks
+        that say when have been dropped (``marks_kept_s`` after it)."""
+        if "writer" not in entry:
+            published: datetime | None = entry.get("published_at")
+            return published if entry.get("pending") is False else None
+        writer = await self.writers.find_one({"_id": entry["writer"]})
+        if writer is None or writer["through"] < entry["n"]:
+            return None
+        query = {"writer": entry["writer"], "through": {"$gte": entry["n"]}}
+        mark = await self.marks.find_one(query, sort=[("through", ASCENDING)])
+        return None if mark is None else datetime.fromtimestamp(mark["at_ms"] / 1000, UTC)
+
+    async def tidy(self) -> None:
+        """Housekeeping a relay runs now and then: keep this writer known as alive, retire
+        writers long gone with nothing pending, drop marks past keeping."""
+        now = utcnow()
+        if self._registered:
+            await self.writers.update_one(
+                {"_id": self.writer}, {"$set": {"alive_ms": epoch_ms(now), "retired": False}}
+            )
+        gone_before = epoch_ms(now) - int(self.retire_after_s * 1000)
+        for writer in await self.writers.find({}).to_list(None):
+            heard_ms = max(writer.get("alive_ms", 0), writer.get("at_ms", 0))
+            if writer.get("retired") or heard_ms >= gone_before:
+                continue
+            query = {"writer": writer["_id"], "n": {"$gt": writer["through"]}}
+            if await self.collection.find_one(query) is None:
+                await self.writers.update_one({"_id": writer["_id"]}, {"$set": {"retired": True}})
+        kept_from = epoch_ms(now) - int(self.marks_kept_s * 1000)
+        await self.marks.delete_many({"at_ms": {"$lt": kept_from}})
 
     async def forget(self, key: str) -> int:
         """Delete every entry stored under a Kafka key (erasure of one customer's events);
@@ -160,6 +368,11 @@ class Outbox:
         return await self.collection.find_one({"_id": event_id})
 
 
+def _stored_time(entry: Document) -> datetime:
+    stored: datetime = entry["stored_at"]
+    return stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+
+
 def _entry(topic: str, key: str, event: CloudEvent[Any]) -> Document:
     record = encode(event, key)
     # Key and value as text, not binary: both are UTF-8 (a key is a str, a value its
@@ -167,8 +380,6 @@ def _entry(topic: str, key: str, event: CloudEvent[Any]) -> Document:
     # makes of binary (measured: a sixth less per insert of 100 entries).
     return {
         "_id": event.id,
-        "seq": ObjectId(),
-        "pending": True,
         "topic": topic,
         "key_text": key,
         "value_text": record.value.decode(),
@@ -246,8 +457,8 @@ class BrokerMemory:
 
 
 class OutboxRelay:
-    """Publishes pending outbox entries in stored order, then marks them published; when
-    the broker has lost data, publishes the last ``replay_window_s`` again."""
+    """Publishes pending outbox entries in stored order, then moves the watermarks on;
+    when the broker has lost data, publishes the last ``replay_window_s`` again."""
 
     def __init__(
         self,
@@ -259,6 +470,7 @@ class OutboxRelay:
         replay_window_s: float = 600.0,
         probe_interval_s: float = 2.0,
         on_broker_lost: Callable[[], Awaitable[None]] | None = None,
+        tidy_every_s: float = 60.0,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
@@ -267,6 +479,8 @@ class OutboxRelay:
         self.batch = batch
         self.replay_window_s = replay_window_s
         self.probe_interval_s = probe_interval_s
+        self.tidy_every_s = tidy_every_s
+        self._last_tidy = 0.0
         self.memory = BrokerMemory()
         self.on_broker_lost = on_broker_lost
         self.backlog = metrics.outbox_backlog.labels(outbox=outbox.collection.name)
@@ -286,9 +500,10 @@ class OutboxRelay:
                 try:
                     await self._republish_if_told()
                     published = await self.publish_pending()
+                    await self._tidy_when_due()
                     delay = 0.2
                 except (KafkaError, PyMongoError, OSError) as exc:
-                    self.outbox.read_store = True  # what it held may be unsent: read again
+                    self.outbox.need_store_read()  # what it held may be unsent: read again
                     log.warning("outbox relay failed, retrying", error=repr(exc), retry_in=delay)
                     await self._drop_producer()
                     await asyncio.sleep(delay)
@@ -308,7 +523,8 @@ class OutboxRelay:
         read_store = self.outbox.store_read_due()
         if read_store:
             await self._marked()
-        entries = await self.outbox.next_batch(self.batch, read_store)
+        batch = await self.outbox.next_batch(self.batch, read_store)
+        entries = batch.entries
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
         self.backlog.set(len(entries) + len(self.outbox.fresh))
@@ -332,9 +548,7 @@ class OutboxRelay:
         ]
         sent = await asyncio.gather(*deliveries)
         await self._marked()
-        self._marking = asyncio.create_task(
-            self.outbox.mark_published([entry["_id"] for entry in entries])
-        )
+        self._marking = asyncio.create_task(self.outbox.mark_published(batch))
         if self.memory.acknowledged(sent):
             await self._noticed_loss("offsets went backwards on a send")
         now = utcnow()
@@ -344,6 +558,11 @@ class OutboxRelay:
             if isinstance(entry.get("stored_at"), datetime):
                 self.metrics.publish_lag_seconds.observe((now - entry["stored_at"]).total_seconds())
         return len(entries)
+
+    async def _tidy_when_due(self) -> None:
+        if time.monotonic() - self._last_tidy >= self.tidy_every_s:
+            await self.outbox.tidy()
+            self._last_tidy = time.monotonic()
 
     async def _probe_when_due(self) -> None:
         """While idle, ask the broker where the partitions we wrote to end: a broker that
@@ -386,7 +605,7 @@ class OutboxRelay:
             await marking
         except PyMongoError as exc:
             log.warning("marking events published failed; they go out again", error=repr(exc))
-            self.outbox.read_store = True
+            self.outbox.need_store_read()
 
     async def _republish(self, why: str) -> None:
         await self._marked()
@@ -403,7 +622,7 @@ class OutboxRelay:
         try:
             await asyncio.wait_for(self.outbox.wakeup.wait(), timeout=self.poll_interval_s)
         except TimeoutError:  # quiet: read the store (another replica's leftovers, say)
-            self.outbox.read_store = True
+            self.outbox.need_store_read()
 
     async def _connected_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

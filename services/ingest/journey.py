@@ -110,12 +110,15 @@ def journey_handler(
     return decoded(model, record, metrics)
 
 
-def first_steps(stored: Document, published: Document | None) -> list[Document]:
+def first_steps(
+    stored: Document, entry: Document | None, published_at: datetime | None
+) -> list[Document]:
     """What ingest itself did: accepted the interaction, published its event."""
-    trace = trace_id(traceparent_of(published))
-    steps = [_own_step("accepted", stored.get("stored_at"), trace)]
-    if published is not None and published.get("published_at"):
-        steps.append(_own_step("published", published["published_at"], trace))
+    trace = trace_id(traceparent_of(entry))
+    steps = [
+        _own_step("accepted", stored.get("stored_at"), trace),
+        _own_step("published", published_at, trace),
+    ]
     return [s for s in steps if s is not None]
 
 
@@ -134,8 +137,10 @@ def _own_step(name: str, at: datetime | str | None, trace: str | None) -> Docume
     return {"at_ms": epoch_ms(when), "at": when.isoformat(), "step": name, "trace_id": trace}
 
 
-def journey(stored: Document, published: Document | None, steps: list[Document]) -> Document:
-    ordered = [*first_steps(stored, published), *sorted(steps, key=lambda s: s["at_ms"])]
+def journey(
+    stored: Document, entry: Document | None, published_at: datetime | None, steps: list[Document]
+) -> Document:
+    ordered = [*first_steps(stored, entry, published_at), *sorted(steps, key=lambda s: s["at_ms"])]
     return {
         "interaction_id": stored["_id"],
         "trace_ids": sorted({s["trace_id"] for s in ordered if s.get("trace_id")}),

@@ -418,8 +418,9 @@ class IngestService:
         stored = await self.repository.find_interaction(interaction_id)
         if stored is None or self.journeys is None:
             return None
-        published = await self._entry_of(stored)
-        return journey(stored, published, await self.journeys.steps_of(interaction_id))
+        entry = await self._entry_of(stored)
+        published_at = await self._published_at(entry)
+        return journey(stored, entry, published_at, await self.journeys.steps_of(interaction_id))
 
     async def get(self, interaction_id: str) -> Document | None:
         """What ingest knows of an interaction: it, when it was stored and when published."""
@@ -431,13 +432,18 @@ class IngestService:
             "interaction": doc["interaction"],
             "publisher_id": doc["publisher_id"],
             "stored_at": doc.get("stored_at"),
-            "published_at": entry.get("published_at") if entry else None,
+            "published_at": await self._published_at(entry),
         }
 
     async def _entry_of(self, stored: Document) -> Document | None:
         """The outbox entry of a stored interaction's event: the document itself, or for
         one stored before the two were one document, the entry in the general outbox."""
-        return stored if "pending" in stored else await self.outbox.find(stored["_id"])
+        if "writer" in stored or "pending" in stored:
+            return stored
+        return await self.outbox.find(stored["_id"])
+
+    async def _published_at(self, entry: Document | None) -> datetime | None:
+        return None if entry is None else await self.interactions.published_at(entry)
 
     async def create_publisher(
         self, name: str, channels: list[str] | None, sources: list[str] | None

@@ -674,7 +674,9 @@ async def bench(stack: Stack, options: Options, logs: Path) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6]
     # The load goes out through aiohttp: httpx's client slows down as requests queue in
     # its pool (about 250 requests/s with 32 in flight here, against 4,000 for aiohttp).
-    connector = aiohttp.TCPConnector(limit=200)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends: a request sent
+    # on one the server is closing fails (ServerDisconnectedError) without reaching it.
+    connector = aiohttp.TCPConnector(limit=200, keepalive_timeout=2.0)
     async with (
         desk.serving() as desk_url,
         httpx.AsyncClient(timeout=60) as http,

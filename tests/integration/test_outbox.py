@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 
 from shared.embedded import EmbeddedStack
-from shared.events import CloudEvent
+from shared.events import CloudEvent, utcnow
 from shared.mongo import Document
 from shared.outbox import Outbox
 
@@ -42,9 +43,15 @@ async def publish_all(outbox: Outbox) -> list[str]:
     """Take batches as a relay would, marking each published, until none is left."""
     ids: list[str] = []
     while batch := await outbox.next_batch(limit=7):
-        ids += [entry["_id"] for entry in batch]
-        await outbox.mark_published([entry["_id"] for entry in batch])
+        ids += [entry["_id"] for entry in batch.entries]
+        await outbox.mark_published(batch)
     return ids
+
+
+async def pending_in_store(outbox: Outbox) -> list[str]:
+    """What a store read would hand out now."""
+    batch = await outbox.next_batch(limit=1_000, read_store=True)
+    return [entry["_id"] for entry in batch.entries]
 
 
 async def test_entries_come_out_once_in_stored_order(
@@ -62,7 +69,7 @@ async def test_entries_come_out_once_in_stored_order(
 
     assert first == ["a", "b"]
     assert later == ["c", "d"] + [f"e{n}" for n in range(10)]
-    assert await client[namespace]["outbox"].count_documents({"pending": {"$eq": True}}) == 0
+    assert await pending_in_store(outbox) == []
 
 
 async def test_entries_stored_while_the_store_is_read_are_handed_out_once(
@@ -92,19 +99,20 @@ async def test_entries_stored_while_the_store_is_read_are_handed_out_once(
 async def test_entries_another_replica_left_pending_are_published_while_busy(
     client: AsyncMongoClient[Document], namespace: str
 ) -> None:
-    outbox = Outbox(client[namespace], store_read_every_s=0.3)
+    outbox = Outbox(client[namespace], store_read_every_s=0.3, settle_s=0.3)
     await outbox.ensure_indexes()
     assert await publish_all(outbox) == []  # start: the store read finds nothing
 
     await Outbox(client[namespace]).add([note("left-by-a-replica-that-died")])
+    assert await pending_in_store(outbox) == []  # settling: its writer may publish it
     handed_out: list[str] = []
-    for n in range(8):  # busy: something of its own to publish every 0.1 s
+    for n in range(10):  # busy: something of its own to publish every 0.1 s
         await outbox.add([note(f"own{n}")])
         handed_out += await publish_all(outbox)
         await asyncio.sleep(0.1)
 
     assert handed_out.count("left-by-a-replica-that-died") == 1
-    assert [i for i in handed_out if i.startswith("own")] == [f"own{n}" for n in range(8)]
+    assert [i for i in handed_out if i.startswith("own")] == [f"own{n}" for n in range(10)]
 
 
 async def test_entries_that_are_records_are_deduped_by_the_records_unique_fields(
@@ -124,8 +132,104 @@ async def test_entries_that_are_records_are_deduped_by_the_records_unique_fields
 
     assert (first, again) == ({"a", "b"}, {"d"})
     assert published == ["a", "b", "d"]
-    assert [(doc["_id"], doc["external_id"], doc["pending"]) for doc in stored] == [
-        ("a", "1", False),
-        ("b", "2", False),
-        ("d", "3", False),
+    assert [(doc["_id"], doc["external_id"]) for doc in stored] == [
+        ("a", "1"),
+        ("b", "2"),
+        ("d", "3"),
     ]
+    assert await pending_in_store(outbox) == []
+
+
+async def test_concurrent_adds_are_stored_together_and_handed_out_in_their_order(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    ids = [f"c{n:02}" for n in range(40)]
+
+    stored = await asyncio.gather(*(outbox.add([note(i)]) for i in ids))
+    entries = await client[namespace]["outbox"].find({}).sort("n").to_list(None)
+
+    assert stored == [{i} for i in ids]
+    assert [entry["_id"] for entry in entries] == ids  # numbered in the order added
+    assert await publish_all(outbox) == ids
+    assert await pending_in_store(outbox) == []
+
+
+async def test_a_replay_publishes_again_exactly_what_was_published_since(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    """Entries published before the replay's start stay published; entries published
+    after it go out again, including a backlog stored before it and published after."""
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    await outbox.add([note("early"), note("also-early")])
+    await publish_all(outbox)
+    await outbox.add([note("backlog")])  # stored now, published after the start
+    await asyncio.sleep(0.05)
+    since = utcnow()
+    await asyncio.sleep(0.05)
+    await publish_all(outbox)
+    await outbox.add([note("late")])
+    await publish_all(outbox)
+
+    rewound = await outbox.republish_since(since)
+
+    assert rewound == 2
+    assert await publish_all(outbox) == ["backlog", "late"]
+    assert await pending_in_store(outbox) == []
+
+
+async def test_a_replay_voids_a_move_of_the_watermark_in_flight(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    await outbox.add([note("a")])
+    await publish_all(outbox)
+    await outbox.add([note("b"), note("c")])
+    batch = await outbox.next_batch(limit=7)  # handed over; the broker acknowledges it...
+
+    await outbox.republish_since(utcnow() - timedelta(minutes=10))  # ...then loses it all
+    await outbox.mark_published(batch)  # the move, from before the replay, changes nothing
+
+    assert [entry["_id"] for entry in batch.entries] == ["b", "c"]
+    assert await publish_all(outbox) == ["a", "b", "c"]
+
+
+async def test_a_failure_during_a_store_read_keeps_the_next_batch_on_the_store(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    """Something that makes the store the record (a failed add, a failed send) while a
+    store read runs: the read must not clear the flag, or the hand-over would follow."""
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    await outbox.add([note("a")])
+
+    reading = asyncio.create_task(outbox.next_batch(limit=7, read_store=True))
+    await asyncio.sleep(0)  # the read has begun
+    outbox.need_store_read()
+    batch = await reading
+
+    assert [entry["_id"] for entry in batch.entries] == ["a"]
+    assert outbox.store_read_due()
+
+
+async def test_an_entry_says_when_it_was_published(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    await outbox.add([note("a"), note("b")])
+    before = utcnow()
+    pending = await outbox.find("a")
+    assert pending is not None
+    assert await outbox.published_at(pending) is None
+
+    await publish_all(outbox)
+    after = utcnow()
+    entries = [await outbox.find(i) for i in ("a", "b")]
+    times = [await outbox.published_at(entry) for entry in entries if entry is not None]
+
+    assert len(times) == 2
+    assert all(t is not None and before - timedelta(milliseconds=1) <= t <= after for t in times)

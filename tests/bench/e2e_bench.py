@@ -351,6 +351,7 @@ def service_time(service: str, d: Samples) -> dict[str, Any]:
         "store_commands": int(total(d, f"{prefix}_store_commands_total")),
         "store_documents": int(total(d, f"{prefix}_store_documents_total")),
         "store_seconds": round(total(d, f"{prefix}_store_command_seconds_total"), 2),
+        "store_by_collection": store_by_collection(prefix, d),
     }
     if service == "ingest":
         post_ms, posts = mean_ms("http_request_seconds", method="POST", route="/v1/interactions")
@@ -365,6 +366,23 @@ def service_time(service: str, d: Samples) -> dict[str, Any]:
             else None
         )
     return figures
+
+
+def store_by_collection(prefix: str, d: Samples) -> dict[str, dict[str, float]]:
+    """The store figures by ``collection command``, the most documents first: which
+    writes an interaction costs."""
+    figures: dict[str, dict[str, float]] = {}
+    for name, figure in (
+        ("store_commands_total", "commands"),
+        ("store_documents_total", "documents"),
+        ("store_command_seconds_total", "seconds"),
+    ):
+        for (sample, labels), value in d.items():
+            if sample == f"{prefix}_{name}" and value:
+                named = dict(labels)
+                key = f"{named.get('collection', '')} {named.get('command', '')}".strip()
+                figures.setdefault(key, {})[figure] = round(value, 3)
+    return dict(sorted(figures.items(), key=lambda kv: -kv[1].get("documents", 0)))
 
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -81,12 +81,14 @@ class Outbox:
     (that mark was a second write of every entry, the dearest part of an outbox on the
     store). Each process writes as its own writer, numbering its entries 1, 2, 3... and
     storing one group of adds at a time, so that every number below one it has stored
-    belongs to an add that has finished. A writer's document in ``<collection>_writers``
-    holds ``through``: every entry of that writer up to it is published. The relay moves
-    it on after the broker acknowledged the entries, and logs each move in
-    ``<collection>_marks`` with the time: that log says when an entry was published,
-    and what a replay must publish again. A replay lowers ``through`` and bumps the
-    writer's ``epoch``, so that a move in flight from before it changes nothing.
+    belongs to an add that has finished. After the broker acknowledged a batch, the
+    relay moves the watermark with one small insert into ``<collection>_marks``: writer,
+    epoch, from and through, and the time. A writer's watermark is the highest mark of
+    its current epoch (``tidy`` folds it into the writer's document in
+    ``<collection>_writers`` now and then). The marks also say when an entry was
+    published, and how far a replay must rewind: to the lowest ``from`` of the marks
+    since its start. A replay sets the document's watermark and bumps the epoch, so
+    that a mark in flight from before it counts for nothing.
 
     Entries stored before watermarks (with a ``pending`` field) are still published and
     marked one by one.
@@ -139,6 +141,9 @@ class Outbox:
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("writer", ASCENDING), ("n", ASCENDING)])
         await self.collection.create_index([("pending", ASCENDING), ("seq", ASCENDING)])
+        await self.marks.create_index(
+            [("writer", ASCENDING), ("epoch", ASCENDING), ("through", ASCENDING)]
+        )
         await self.marks.create_index([("writer", ASCENDING), ("through", ASCENDING)])
         await self.marks.create_index([("at_ms", ASCENDING)])
 
@@ -184,8 +189,7 @@ class Outbox:
         return outcomes
 
     async def _register(self) -> None:
-        now_ms = epoch_ms(utcnow())
-        writer = {"_id": self.writer, "through": 0, "epoch": 0, "at_ms": now_ms, "alive_ms": now_ms}
+        writer = {"_id": self.writer, "through": 0, "epoch": 0, "alive_ms": epoch_ms(utcnow())}
         with contextlib.suppress(DuplicateKeyError):  # stored by an attempt that timed out
             await self.writers.insert_one(writer)
         self._registered = True
@@ -221,13 +225,15 @@ class Outbox:
         generation, finished = self._generation, self._finished
         self._last_store_read = time.monotonic()
         settled_before = utcnow() - timedelta(seconds=self.settle_s)
-        writers = [
-            w
-            for w in await self.writers.find({}).to_list(None)
-            if w["_id"] == self.writer or not w.get("retired")
-        ]
+        writers = await asyncio.gather(
+            *(
+                self._as_moved(w)
+                for w in await self.writers.find({}).to_list(None)
+                if w["_id"] == self.writer or not w.get("retired")
+            )
+        )
         lists = await asyncio.gather(
-            *(self._pending_of(writer, limit, settled_before) for writer in writers),
+            *(self._pending_of(writer, limit, finished, settled_before) for writer in writers),
             self.pending(limit),  # entries stored before watermarks
         )
         entries = list(islice(heapq.merge(*lists, key=_stored_time), limit))
@@ -240,21 +246,35 @@ class Outbox:
         for writer, listed in zip(writers, lists, strict=False):
             if writer["_id"] == self.writer:
                 self._epoch, self._through = writer["epoch"], writer["through"]
-                # Own entries past ``finished`` belong to an add still being stored: others
-                # numbered below them may not be visible yet.
-                listed = [entry for entry in listed if entry["n"] <= finished]
             taken = [entry for entry in listed if entry["_id"] in self.read_from_store]
             if taken:
                 start, through = writer["through"], taken[-1]["n"]
                 advances.append(Advance(writer["_id"], writer["epoch"], start, through))
         return Batch(entries, advances)
 
+    async def _as_moved(self, writer: Document) -> Document:
+        """A writer's document with its watermark where its marks of this epoch moved it
+        (the document itself is brought up to date only now and then, by ``tidy``)."""
+        query = {
+            "writer": {"$eq": writer["_id"]},
+            "epoch": {"$eq": writer["epoch"]},
+            "through": {"$gt": writer["through"]},
+        }
+        top = await self.marks.find_one(query, sort=[("through", DESCENDING)])
+        return writer if top is None else {**writer, "through": top["through"], **_moved(top)}
+
     async def _pending_of(
-        self, writer: Document, limit: int, settled_before: datetime
+        self, writer: Document, limit: int, finished: int, settled_before: datetime
     ) -> list[Document]:
-        """A writer's entries past its watermark, in order; another writer's only up to
-        the first one still settling (it is publishing them itself, most likely)."""
-        query = {"writer": writer["_id"], "n": {"$gt": writer["through"]}}
+        """A writer's entries past its watermark, in order. Own ones only up to
+        ``finished``: later ones belong to an add still being stored (the hand-over
+        brings them), and some numbered below them may not be visible yet. Another
+        writer's only up to the first one still settling (it is most likely publishing
+        them itself)."""
+        numbers: Document = {"$gt": writer["through"]}
+        if writer["_id"] == self.writer:
+            numbers["$lte"] = finished
+        query = {"writer": writer["_id"], "n": numbers}
         cursor = self.collection.find(query).sort("n", ASCENDING).limit(limit)
         entries = await cursor.to_list(length=limit)
         if writer["_id"] == self.writer:
@@ -285,18 +305,19 @@ class Outbox:
             await self._advance(advance, epoch_ms(now))
 
     async def _advance(self, advance: Advance, at_ms: int) -> None:
-        # The mark first: a replay reads marks to rewind, so a move must never be in
-        # place without its mark. A mark whose move then fails only rewinds a replay further.
-        mark = {"writer": advance.writer, "from": advance.start, "through": advance.through}
-        await self.marks.insert_one({**mark, "at_ms": at_ms})
-        moved = await self.writers.update_one(
-            {"_id": advance.writer, "epoch": advance.epoch, "through": {"$lt": advance.through}},
-            {"$set": {"through": advance.through, "at_ms": at_ms}},
+        """Move a watermark: one insert. A mark counts only while its epoch is the writer's:
+        one made before a replay changes nothing after it."""
+        await self.marks.insert_one(
+            {
+                "writer": advance.writer,
+                "epoch": advance.epoch,
+                "from": advance.start,
+                "through": advance.through,
+                "at_ms": at_ms,
+            }
         )
-        if moved.modified_count == 0:  # replayed, or moved on by another relay: read it
-            self.need_store_read()
-        elif advance.writer == self.writer:
-            self._through = advance.through
+        if advance.writer == self.writer and advance.epoch == self._epoch:
+            self._through = max(self._through, advance.through)
 
     async def republish_since(self, since: datetime) -> int:
         """Make entries published at or after ``since`` pending again; returns at most how
@@ -313,16 +334,25 @@ class Outbox:
             started_from[writer] = min(mark["from"], started_from.get(writer, mark["from"]))
         rewound = 0
         for writer in await self.writers.find({}).to_list(None):
-            if writer.get("retired"):
-                continue
-            back_to = min(writer["through"], started_from.get(writer["_id"], writer["through"]))
-            await self.writers.update_one(
-                {"_id": writer["_id"]}, {"$set": {"through": back_to}, "$inc": {"epoch": 1}}
-            )
-            rewound += writer["through"] - back_to
+            if not writer.get("retired"):
+                rewound += await self._rewind(writer, started_from)
         self.need_store_read()
         self.wakeup.set()
         return unnumbered.modified_count + rewound
+
+    async def _rewind(self, writer: Document, started_from: dict[str, int]) -> int:
+        """Lower a writer's watermark to where it stood at the replay's start, and bump
+        its epoch; returns by how much. Retried on the epoch another replay just bumped."""
+        while True:
+            moved = await self._as_moved(writer)
+            back_to = min(moved["through"], started_from.get(writer["_id"], moved["through"]))
+            rewound = await self.writers.update_one(
+                {"_id": writer["_id"], "epoch": writer["epoch"]},
+                {"$set": {"through": back_to}, "$inc": {"epoch": 1}},
+            )
+            if rewound.modified_count:
+                return int(moved["through"] - back_to)
+            writer = await self.writers.find_one({"_id": writer["_id"]}) or writer
 
     async def published_at(self, entry: Document) -> datetime | None:
         """When an entry was first published; None while it is pending, or once the marks
@@ -331,7 +361,7 @@ class Outbox:
             published: datetime | None = entry.get("published_at")
             return published if entry.get("pending") is False else None
         writer = await self.writers.find_one({"_id": entry["writer"]})
-        if writer is None or writer["through"] < entry["n"]:
+        if writer is None or (await self._as_moved(writer))["through"] < entry["n"]:
             return None
         query = {"writer": entry["writer"], "through": {"$gte": entry["n"]}}
         mark = await self.marks.find_one(query, sort=[("through", ASCENDING)])
@@ -346,15 +376,28 @@ class Outbox:
                 {"_id": self.writer}, {"$set": {"alive_ms": epoch_ms(now), "retired": False}}
             )
         gone_before = epoch_ms(now) - int(self.retire_after_s * 1000)
-        for writer in await self.writers.find({}).to_list(None):
-            heard_ms = max(writer.get("alive_ms", 0), writer.get("at_ms", 0))
-            if writer.get("retired") or heard_ms >= gone_before:
+        for stored in await self.writers.find({}).to_list(None):
+            if stored.get("retired"):
                 continue
-            query = {"writer": writer["_id"], "n": {"$gt": writer["through"]}}
-            if await self.collection.find_one(query) is None:
-                await self.writers.update_one({"_id": writer["_id"]}, {"$set": {"retired": True}})
+            writer = await self._as_moved(stored)
+            if writer["through"] > stored["through"]:  # the marks kept are enough to read it
+                await self.writers.update_one(
+                    {
+                        "_id": stored["_id"],
+                        "epoch": stored["epoch"],
+                        "through": {"$lt": writer["through"]},
+                    },
+                    {"$set": {"through": writer["through"], **_moved(writer)}},
+                )
+            if max(writer.get("alive_ms", 0), writer.get("moved_ms", 0)) < gone_before:
+                await self._retire_if_drained(writer)
         kept_from = epoch_ms(now) - int(self.marks_kept_s * 1000)
         await self.marks.delete_many({"at_ms": {"$lt": kept_from}})
+
+    async def _retire_if_drained(self, writer: Document) -> None:
+        query = {"writer": writer["_id"], "n": {"$gt": writer["through"]}}
+        if await self.collection.find_one(query) is None:
+            await self.writers.update_one({"_id": writer["_id"]}, {"$set": {"retired": True}})
 
     async def forget(self, key: str) -> int:
         """Delete every entry stored under a Kafka key (erasure of one customer's events);
@@ -366,6 +409,11 @@ class Outbox:
     async def find(self, event_id: str) -> Document | None:
         # No projection: the embedded store returns dates as strings under one.
         return await self.collection.find_one({"_id": event_id})
+
+
+def _moved(mark: Document) -> Document:
+    """When a writer's watermark last moved, as far as ``mark`` shows."""
+    return {"moved_ms": mark.get("moved_ms", mark.get("at_ms", 0))}
 
 
 def _stored_time(entry: Document) -> datetime:

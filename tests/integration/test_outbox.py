@@ -233,3 +233,25 @@ async def test_an_entry_says_when_it_was_published(
 
     assert len(times) == 2
     assert all(t is not None and before - timedelta(milliseconds=1) <= t <= after for t in times)
+
+
+async def test_tidy_folds_watermarks_in_and_retires_writers_long_gone(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    db = client[namespace]
+    drained, left_something = Outbox(db), Outbox(db)
+    await drained.ensure_indexes()
+    await drained.add([note("a"), note("b")])
+    await publish_all(drained)
+    await left_something.add([note("c")])
+    await asyncio.sleep(0.05)  # both processes gone since
+
+    survivor = Outbox(db, settle_s=0.0, retire_after_s=0.01, marks_kept_s=0.01)
+    await survivor.tidy()
+    writers = {w["_id"]: w for w in await db["outbox_writers"].find({}).to_list(None)}
+
+    assert (writers[drained.writer]["through"], writers[drained.writer]["retired"]) == (2, True)
+    assert "retired" not in writers[left_something.writer]  # "c" is still to publish
+    assert await db["outbox_marks"].count_documents({}) == 0  # past keeping
+    assert await publish_all(survivor) == ["c"]
+    assert await pending_in_store(survivor) == []

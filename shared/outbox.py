@@ -119,8 +119,8 @@ class Outbox:
         # in memory so that it need not read them back (reading pending entries is the
         # dearest query of a busy relay). The store stays the record: the relay reads it
         # instead whenever ``read_store`` says it may hold pending entries the hand-over
-        # lacks (at start, after a failure or a replay, after a quiet spell), and at least
-        # every ``store_read_every_s`` (leftovers of a replica that died, say).
+        # lacks (at start, after a failure or a replay), and at least every
+        # ``store_read_every_s`` (leftovers of a replica that died, say).
         self.fresh: list[Document] = []
         self.read_store = True
         self.read_from_store: set[str] = set()  # the ids the last store read returned
@@ -667,10 +667,11 @@ class OutboxRelay:
         if self.outbox.fresh:  # handed over while the last batch was being published
             return
         self.outbox.wakeup.clear()
-        try:
+        # Quiet or not, the store is read every ``store_read_every_s`` (another replica's
+        # leftovers, say): they are published only once settled, seconds after they were
+        # stored, so reading it more often while idle would find nothing sooner.
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.outbox.wakeup.wait(), timeout=self.poll_interval_s)
-        except TimeoutError:  # quiet: read the store (another replica's leftovers, say)
-            self.outbox.need_store_read()
 
     async def _connected_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

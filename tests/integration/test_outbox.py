@@ -255,3 +255,43 @@ async def test_tidy_folds_watermarks_in_and_retires_writers_long_gone(
     assert await db["outbox_marks"].count_documents({}) == 0  # past keeping
     assert await publish_all(survivor) == ["c"]
     assert await pending_in_store(survivor) == []
+
+
+async def test_replicas_each_publish_their_own_entries_once_and_in_order(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    """Two processes writing one outbox, each with its relay: each hands out its own
+    entries, all of them, once, in order; neither takes the other's while they settle."""
+    replicas = [Outbox(client[namespace], store_read_every_s=0.05) for _ in range(2)]
+    await replicas[0].ensure_indexes()
+    ids = {r.writer: [f"{n}-{i:02}" for i in range(60)] for n, r in enumerate(replicas)}
+
+    async def write_and_relay(outbox: Outbox) -> list[str]:
+        mine, handed_out = ids[outbox.writer], []
+        for start in range(0, len(mine), 4):
+            await outbox.add([note(i) for i in mine[start : start + 4]])
+            handed_out += await publish_all(outbox)
+        return handed_out + await publish_all(outbox)
+
+    handed_out = await asyncio.gather(*(write_and_relay(r) for r in replicas))
+
+    assert handed_out == [ids[r.writer] for r in replicas]
+    assert [await pending_in_store(r) for r in replicas] == [[], []]
+
+
+async def test_a_replay_rewinds_every_writer(
+    client: AsyncMongoClient[Document], namespace: str
+) -> None:
+    first, second = Outbox(client[namespace]), Outbox(client[namespace])
+    await first.ensure_indexes()
+    since = utcnow()
+    await first.add([note("a1"), note("a2")])
+    await second.add([note("b1")])
+    await publish_all(first)
+    await publish_all(second)
+
+    await first.republish_since(since)  # the broker lost what both published
+    second.need_store_read()  # as its relay would, told by its own consumers or probe
+
+    assert await publish_all(first) == ["a1", "a2"]
+    assert await publish_all(second) == ["b1"]

@@ -274,7 +274,7 @@ class Outbox:
         numbers: Document = {"$gt": writer["through"]}
         if writer["_id"] == self.writer:
             numbers["$lte"] = finished
-        query = {"writer": writer["_id"], "n": numbers}
+        query = {"writer": {"$eq": writer["_id"]}, "n": numbers}
         cursor = self.collection.find(query).sort("n", ASCENDING).limit(limit)
         entries = await cursor.to_list(length=limit)
         if writer["_id"] == self.writer:
@@ -363,7 +363,7 @@ class Outbox:
         writer = await self.writers.find_one({"_id": entry["writer"]})
         if writer is None or (await self._as_moved(writer))["through"] < entry["n"]:
             return None
-        query = {"writer": entry["writer"], "through": {"$gte": entry["n"]}}
+        query = {"writer": {"$eq": entry["writer"]}, "through": {"$gte": entry["n"]}}
         mark = await self.marks.find_one(query, sort=[("through", ASCENDING)])
         return None if mark is None else datetime.fromtimestamp(mark["at_ms"] / 1000, UTC)
 
@@ -395,7 +395,7 @@ class Outbox:
         await self.marks.delete_many({"at_ms": {"$lt": kept_from}})
 
     async def _retire_if_drained(self, writer: Document) -> None:
-        query = {"writer": writer["_id"], "n": {"$gt": writer["through"]}}
+        query = {"writer": {"$eq": writer["_id"]}, "n": {"$gt": writer["through"]}}
         if await self.collection.find_one(query) is None:
             await self.writers.update_one({"_id": writer["_id"]}, {"$set": {"retired": True}})
 

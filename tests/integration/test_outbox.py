@@ -39,6 +39,14 @@ async def client(stack: EmbeddedStack) -> AsyncIterator[AsyncMongoClient[Documen
     await mongo.close()
 
 
+@pytest.fixture
+async def outbox(client: AsyncMongoClient[Document], namespace: str) -> Outbox:
+    """The outbox of one process, as a service starts it."""
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    return outbox
+
+
 async def publish_all(outbox: Outbox) -> list[str]:
     """Take batches as a relay would, marking each published, until none is left."""
     ids: list[str] = []
@@ -54,12 +62,7 @@ async def pending_in_store(outbox: Outbox) -> list[str]:
     return [entry["_id"] for entry in batch.entries]
 
 
-async def test_entries_come_out_once_in_stored_order(
-    client: AsyncMongoClient[Document], namespace: str
-) -> None:
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
-
+async def test_entries_come_out_once_in_stored_order(outbox: Outbox) -> None:
     await outbox.add([note("a"), note("b")])
     first = await publish_all(outbox)  # the first read goes to the store
     await outbox.add([note("c")])
@@ -72,11 +75,7 @@ async def test_entries_come_out_once_in_stored_order(
     assert await pending_in_store(outbox) == []
 
 
-async def test_entries_stored_while_the_store_is_read_are_handed_out_once(
-    client: AsyncMongoClient[Document], namespace: str
-) -> None:
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
+async def test_entries_stored_while_the_store_is_read_are_handed_out_once(outbox: Outbox) -> None:
     stored = [f"n{n:03}" for n in range(120)]
 
     async def store_in_small_batches() -> None:
@@ -141,10 +140,8 @@ async def test_entries_that_are_records_are_deduped_by_the_records_unique_fields
 
 
 async def test_concurrent_adds_are_stored_together_and_handed_out_in_their_order(
-    client: AsyncMongoClient[Document], namespace: str
+    client: AsyncMongoClient[Document], namespace: str, outbox: Outbox
 ) -> None:
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
     ids = [f"c{n:02}" for n in range(40)]
 
     stored = await asyncio.gather(*(outbox.add([note(i)]) for i in ids))
@@ -156,13 +153,9 @@ async def test_concurrent_adds_are_stored_together_and_handed_out_in_their_order
     assert await pending_in_store(outbox) == []
 
 
-async def test_a_replay_publishes_again_exactly_what_was_published_since(
-    client: AsyncMongoClient[Document], namespace: str
-) -> None:
+async def test_a_replay_publishes_again_exactly_what_was_published_since(outbox: Outbox) -> None:
     """Entries published before the replay's start stay published; entries published
     after it go out again, including a backlog stored before it and published after."""
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
     await outbox.add([note("early"), note("also-early")])
     await publish_all(outbox)
     await outbox.add([note("backlog")])  # stored now, published after the start
@@ -180,11 +173,7 @@ async def test_a_replay_publishes_again_exactly_what_was_published_since(
     assert await pending_in_store(outbox) == []
 
 
-async def test_a_replay_voids_a_move_of_the_watermark_in_flight(
-    client: AsyncMongoClient[Document], namespace: str
-) -> None:
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
+async def test_a_replay_voids_a_move_of_the_watermark_in_flight(outbox: Outbox) -> None:
     await outbox.add([note("a")])
     await publish_all(outbox)
     await outbox.add([note("b"), note("c")])
@@ -198,12 +187,10 @@ async def test_a_replay_voids_a_move_of_the_watermark_in_flight(
 
 
 async def test_a_failure_during_a_store_read_keeps_the_next_batch_on_the_store(
-    client: AsyncMongoClient[Document], namespace: str
+    outbox: Outbox,
 ) -> None:
     """Something that makes the store the record (a failed add, a failed send) while a
     store read runs: the read must not clear the flag, or the hand-over would follow."""
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
     await outbox.add([note("a")])
 
     reading = asyncio.create_task(outbox.next_batch(limit=7, read_store=True))
@@ -215,11 +202,7 @@ async def test_a_failure_during_a_store_read_keeps_the_next_batch_on_the_store(
     assert outbox.store_read_due()
 
 
-async def test_an_entry_says_when_it_was_published(
-    client: AsyncMongoClient[Document], namespace: str
-) -> None:
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
+async def test_an_entry_says_when_it_was_published(outbox: Outbox) -> None:
     await outbox.add([note("a"), note("b")])
     before = utcnow()
     pending = await outbox.find("a")

@@ -123,7 +123,6 @@ class Outbox:
         # ``store_read_every_s`` (leftovers of a replica that died, say).
         self.fresh: list[Document] = []
         self.read_store = True
-        self.read_from_store: set[str] = set()  # the ids the last store read returned
         self.store_read_every_s = store_read_every_s
         self._last_store_read = 0.0
         # Bumped whenever the store may hold entries the hand-over lacks, so that a store
@@ -211,7 +210,7 @@ class Outbox:
         ``store_read_due`` answered the caller, if it asked."""
         if self.store_read_due() if read_store is None else read_store:
             return await self._read_store(limit)
-        entries = [e for e in self.fresh[:limit] if e["_id"] not in self.read_from_store]
+        entries = self.fresh[:limit]
         del self.fresh[:limit]
         if not entries:
             return Batch()
@@ -221,7 +220,9 @@ class Outbox:
         return Batch(entries, [advance])
 
     async def _read_store(self, limit: int) -> Batch:
-        self.fresh.clear()  # all stored: this read, or the next, returns them
+        # All stored: this read, or the next, returns them. Adds still being stored are
+        # numbered past ``finished``: this read leaves them to the hand-over.
+        self.fresh.clear()
         generation, finished = self._generation, self._finished
         self._last_store_read = time.monotonic()
         settled_before = utcnow() - timedelta(seconds=self.settle_s)
@@ -237,18 +238,16 @@ class Outbox:
             self.pending(limit),  # entries stored before watermarks
         )
         entries = list(islice(heapq.merge(*lists, key=_stored_time), limit))
-        self.read_from_store = {entry["_id"] for entry in entries}
-        # Entries stored while the read ran are handed over too; skip those it returned.
-        self.fresh = [e for e in self.fresh if e["_id"] not in self.read_from_store]
+        taken = {entry["_id"] for entry in entries}
         # A full batch: there may be more. A failure while reading: look again.
         self.read_store = len(entries) == limit or self._generation != generation
         advances = []
         for writer, listed in zip(writers, lists, strict=False):
             if writer["_id"] == self.writer:
                 self._epoch, self._through = writer["epoch"], writer["through"]
-            taken = [entry for entry in listed if entry["_id"] in self.read_from_store]
-            if taken:
-                start, through = writer["through"], taken[-1]["n"]
+            mine = [entry for entry in listed if entry["_id"] in taken]
+            if mine:
+                start, through = writer["through"], mine[-1]["n"]
                 advances.append(Advance(writer["_id"], writer["epoch"], start, through))
         return Batch(entries, advances)
 

@@ -535,9 +535,10 @@ class OutboxRelay:
         self._last_probe = 0.0
         self._lost_elsewhere: str | None = None  # why, when the loss was seen elsewhere
         # Marking a batch published runs while the next batch is sent: the two wait on
-        # different servers. At most one mark is in flight, and it is awaited before
-        # anything that must see it done: a store read (else its entries would read as
-        # pending and go out again) and a replay (else the mark could undo it).
+        # different servers. At most one mark is in flight, and it is awaited before a
+        # store read (else its entries would read as pending and go out again) and a
+        # replay (which then reads every mark made, though one made after it would count
+        # for nothing anyway: its epoch is past).
         self._marking: asyncio.Task[None] | None = None
 
     async def run(self) -> None:

@@ -226,13 +226,7 @@ class Outbox:
         generation, finished = self._generation, self._finished
         self._last_store_read = time.monotonic()
         settled_before = utcnow() - timedelta(seconds=self.settle_s)
-        writers = await asyncio.gather(
-            *(
-                self._as_moved(w)
-                for w in await self.writers.find({}).to_list(None)
-                if w["_id"] == self.writer or not w.get("retired")
-            )
-        )
+        writers = await asyncio.gather(*map(self._as_moved, await self._writers_read()))
         lists = await asyncio.gather(
             *(self._pending_of(writer, limit, finished, settled_before) for writer in writers),
             self.pending(limit),  # entries stored before watermarks
@@ -250,6 +244,12 @@ class Outbox:
                 start, through = writer["through"], mine[-1]["n"]
                 advances.append(Advance(writer["_id"], writer["epoch"], start, through))
         return Batch(entries, advances)
+
+    async def _writers_read(self) -> list[Document]:
+        """The writers whose entries store reads, replays and ``tidy`` look at: all but
+        the retired, and this process always."""
+        writers = await self.writers.find({}).to_list(None)
+        return [w for w in writers if w["_id"] == self.writer or not w.get("retired")]
 
     async def _as_moved(self, writer: Document) -> Document:
         """A writer's document with its watermark where its marks of this epoch moved it
@@ -270,10 +270,9 @@ class Outbox:
         brings them), and some numbered below them may not be visible yet. Another
         writer's only up to the first one still settling (it is most likely publishing
         them itself)."""
-        numbers: Document = {"$gt": writer["through"]}
+        query = _past_watermark(writer)
         if writer["_id"] == self.writer:
-            numbers["$lte"] = finished
-        query = {"writer": {"$eq": writer["_id"]}, "n": numbers}
+            query["n"]["$lte"] = finished
         cursor = self.collection.find(query).sort("n", ASCENDING).limit(limit)
         entries = await cursor.to_list(length=limit)
         if writer["_id"] == self.writer:
@@ -332,9 +331,8 @@ class Outbox:
             writer = mark["writer"]
             started_from[writer] = min(mark["from"], started_from.get(writer, mark["from"]))
         rewound = 0
-        for writer in await self.writers.find({}).to_list(None):
-            if not writer.get("retired"):
-                rewound += await self._rewind(writer, started_from)
+        for writer in await self._writers_read():
+            rewound += await self._rewind(writer, started_from)
         self.need_store_read()
         self.wakeup.set()
         return unnumbered.modified_count + rewound
@@ -375,9 +373,7 @@ class Outbox:
                 {"_id": self.writer}, {"$set": {"alive_ms": epoch_ms(now), "retired": False}}
             )
         gone_before = epoch_ms(now) - int(self.retire_after_s * 1000)
-        for stored in await self.writers.find({}).to_list(None):
-            if stored.get("retired"):
-                continue
+        for stored in await self._writers_read():
             writer = await self._as_moved(stored)
             if writer["through"] > stored["through"]:  # the marks kept are enough to read it
                 await self.writers.update_one(
@@ -394,8 +390,7 @@ class Outbox:
         await self.marks.delete_many({"at_ms": {"$lt": kept_from}})
 
     async def _retire_if_drained(self, writer: Document) -> None:
-        query = {"writer": {"$eq": writer["_id"]}, "n": {"$gt": writer["through"]}}
-        if await self.collection.find_one(query) is None:
+        if await self.collection.find_one(_past_watermark(writer)) is None:
             await self.writers.update_one({"_id": writer["_id"]}, {"$set": {"retired": True}})
 
     async def forget(self, key: str) -> int:
@@ -408,6 +403,12 @@ class Outbox:
     async def find(self, event_id: str) -> Document | None:
         # No projection: the embedded store returns dates as strings under one.
         return await self.collection.find_one({"_id": event_id})
+
+
+def _past_watermark(writer: Document) -> Document:
+    """The query for a writer's entries past its watermark. ``$eq``, as in MongoDB: the
+    embedded store reads every entry of the outbox for a bare value."""
+    return {"writer": {"$eq": writer["_id"]}, "n": {"$gt": writer["through"]}}
 
 
 def _moved(mark: Document) -> Document:

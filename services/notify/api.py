@@ -22,6 +22,11 @@ router = APIRouter(prefix="/v1")
 Service = Annotated[NotifyService, Depends(app_service)]
 
 
+def delivery_out(doc: dict[str, Any]) -> dict[str, Any]:
+    """A delivery as the API shows it: its attempts have an endpoint of their own."""
+    return public(doc, hide=("lease", "attempts"))
+
+
 def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
     """A subscription as the API shows it: never its signing secret."""
     shown = public(doc, hide=("secret", "previous_secret"))
@@ -109,13 +114,16 @@ async def list_deliveries(
     if created:
         filters["created_ms"] = created
     deliveries = await service.list_deliveries(filters, limit)
-    return [public(delivery, hide=("lease",)) for delivery in deliveries]
+    return [delivery_out(delivery) for delivery in deliveries]
 
 
 @router.get("/deliveries/{delivery_id}/attempts", dependencies=[AdminOrOperator])
 async def list_attempts(delivery_id: str, service: Service) -> list[dict[str, Any]]:
     """Every attempt at one delivery: when, status, latency and a response excerpt."""
-    return await service.list_attempts(delivery_id)
+    attempts = await service.list_attempts(delivery_id)
+    if attempts is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such delivery")
+    return attempts
 
 
 @router.post(
@@ -128,7 +136,7 @@ async def replay_delivery(delivery_id: str, service: Service) -> dict[str, Any]:
     replayed = await service.replay(delivery_id)
     if replayed is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such finished delivery")
-    return public(replayed, hide=("lease",))
+    return delivery_out(replayed)
 
 
 class ReplayDeadIn(BaseModel):

@@ -32,5 +32,8 @@ class NotifySettings(ServiceSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # How long this process uses the subscriptions as it last read them: a change made
+    # through another replica takes effect within it (one made here, at once).
+    subscriptions_max_age_s: float = Field(default=1.0, ge=0)
     # How long the previous signing secret keeps signing after a rotation.
     secret_rotation_overlap_s: float = Field(default=24 * 3600, ge=0)

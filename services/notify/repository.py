@@ -1,4 +1,5 @@
-"""Notify's collections: subscriptions, and deliveries (one per event and subscription)."""
+"""Notify's collections: subscriptions, and deliveries (one per event and subscription,
+each with the log of its attempts)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ class NotifyRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.subscriptions = db["subscriptions"]
         self.deliveries = db["deliveries"]
-        self.attempts = db["attempts"]
+        # Attempts logged one document each before they were kept on their delivery.
+        self.legacy_attempts = db["attempts"]
 
     async def ensure_indexes(self) -> None:
         await self.deliveries.create_index([("status", ASCENDING), ("next_attempt_ms", ASCENDING)])
         await self.deliveries.create_index(
             [("subscription_id", ASCENDING), ("created_ms", ASCENDING)]
         )
-        await self.attempts.create_index("delivery_id")
+        await self.legacy_attempts.create_index("delivery_id")
 
     async def insert_subscription(self, subscription: Document) -> None:
         await self.subscriptions.insert_one(subscription)
@@ -43,12 +45,10 @@ class NotifyRepository:
     async def find_subscription(self, subscription_id: str) -> Document | None:
         return await self.subscriptions.find_one({"_id": subscription_id})
 
-    async def find_subscriptions(self, subscription_ids: Collection[str]) -> dict[str, Document]:
-        found = self.subscriptions.find({"_id": {"$in": list(subscription_ids)}})
-        return {subscription["_id"]: subscription async for subscription in found}
-
-    async def enabled_subscriptions(self) -> list[Document]:
-        return await self.subscriptions.find({"enabled": True}).to_list(None)
+    async def all_subscriptions(self) -> dict[str, Document]:
+        return {
+            subscription["_id"]: subscription async for subscription in self.subscriptions.find()
+        }
 
     async def update_subscription(self, subscription_id: str, changes: Document) -> None:
         await self.subscriptions.update_one({"_id": subscription_id}, {"$set": changes})
@@ -58,9 +58,10 @@ class NotifyRepository:
             {"_id": subscription_id}, {"$set": {"enabled": False, "disabled_reason": reason}}
         )
 
-    async def insert_deliveries(self, deliveries: list[Document]) -> None:
-        """Store new deliveries; ones already stored (a redelivered event) stay as they are."""
-        await insert_new(self.deliveries, deliveries)
+    async def insert_deliveries(self, deliveries: list[Document]) -> set[str]:
+        """Store new deliveries; ones already stored (a redelivered event) stay as they are.
+        Returns the ids of those stored now."""
+        return await insert_new(self.deliveries, deliveries)
 
     async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[Document]:
         """Take up to ``limit`` of the most overdue pending deliveries, leasing them so no
@@ -116,25 +117,42 @@ class NotifyRepository:
             {"$set": {"next_attempt_ms": epoch_ms(until)}},
         )
 
+    async def release(self, delivery_ids: Collection[str], lease: str, now: datetime) -> None:
+        """Make deliveries leased under ``lease`` and not yet attempted due at ``now``, for
+        whichever worker claims first (this one, restarted, or another)."""
+        if delivery_ids:
+            await self.deliveries.update_many(
+                {
+                    "_id": {"$in": list(delivery_ids)},
+                    "lease": {"$eq": lease},
+                    "attempt_count": {"$eq": 0},
+                },
+                {"$set": {"next_attempt_ms": epoch_ms(now)}},
+            )
+
     async def record_attempts(self, records: Sequence[AttemptRecord]) -> None:
-        """Log attempts (each its own document: the log can grow long) and update their
-        deliveries, two round trips for them all. An attempt is keyed by delivery and
-        number: one recorded before a crash is kept, the delivery brought up to date."""
+        """Log attempts on their deliveries and bring those up to date, one round trip for
+        them all. The log maps each attempt's number to it (``$set`` of one key, where the
+        embedded store would keep a ``$push``ed document as text). A delivery takes an
+        attempt only if it has fewer: one recorded before a crash is not counted twice.
+
+        Each attempt once had a document of its own: a second write of every attempt,
+        though a delivery makes few, no more than its retry schedule has steps unless
+        replayed by hand."""
         if not records:
             return
-        await insert_new(
-            self.attempts,
-            [
-                {"_id": f"{r.delivery_id}:{r.number}", "delivery_id": r.delivery_id}
-                | {"number": r.number, **r.attempt}
-                for r in records
-            ],
-        )
         await self.deliveries.bulk_write(
             [
                 UpdateOne(
-                    {"_id": r.delivery_id},
-                    {"$set": {"attempt_count": r.number, "last_attempt": r.attempt, **r.changes}},
+                    {"_id": r.delivery_id, "attempt_count": {"$lt": r.number}},
+                    {
+                        "$set": {
+                            "attempt_count": r.number,
+                            "last_attempt": r.attempt,
+                            f"attempts.{r.number}": {"number": r.number, **r.attempt},
+                            **r.changes,
+                        }
+                    },
                 )
                 for r in records
             ],
@@ -159,13 +177,24 @@ class NotifyRepository:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def list_attempts(self, delivery_id: str) -> list[Document]:
+    async def list_attempts(self, delivery_id: str) -> list[Document] | None:
+        """A delivery's attempts, oldest first; None if there is no such delivery."""
+        delivery = await self.deliveries.find_one({"_id": delivery_id}, {"attempts": 1})
+        if delivery is None:
+            return None
         # $eq: the embedded store scans the whole collection for a bare value.
-        cursor = self.attempts.find({"delivery_id": {"$eq": delivery_id}}, {"_id": 0}).sort(
-            "number", ASCENDING
+        legacy = self.legacy_attempts.find(
+            {"delivery_id": {"$eq": delivery_id}}, {"_id": 0, "delivery_id": 0}
         )
-        return await cursor.to_list(None)
+        attempts = {a["number"]: a async for a in legacy}
+        attempts.update((a["number"], a) for a in (delivery.get("attempts") or {}).values())
+        return [attempts[number] for number in sorted(attempts)]
 
     async def list_deliveries(self, filters: dict[str, Any], limit: int) -> list[Document]:
-        cursor = self.deliveries.find(filters).sort("created_ms", ASCENDING).limit(limit)
+        """Deliveries without their attempts (``list_attempts`` has those)."""
+        cursor = (
+            self.deliveries.find(filters, {"attempts": 0})
+            .sort("created_ms", ASCENDING)
+            .limit(limit)
+        )
         return await cursor.to_list(length=limit)

@@ -8,8 +8,9 @@ import contextlib
 import fnmatch
 import json
 import random
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -20,6 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pymongo.errors import PyMongoError
 
+from services.notify.cache import FreshDeliveries, Subscriptions
 from services.notify.config import NotifySettings
 from services.notify.delivery import Attempt, new_signing_secret, signed_headers, webhook_session
 from services.notify.delivery import attempt as send_attempt
@@ -149,6 +151,10 @@ def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Docum
     }
 
 
+def unique_by_id(docs: Iterable[Document]) -> list[Document]:
+    return list({doc["_id"]: doc for doc in docs}.values())
+
+
 def signing_secrets(subscription: Document, now: datetime) -> list[str]:
     """The current secret, and the previous one while its rotation overlap lasts."""
     secrets = [subscription["secret"]]
@@ -184,6 +190,11 @@ class NotifyService:
         self.topics = topics
         self.settings = settings
         self.wakeup = asyncio.Event()
+        self.subscriptions = Subscriptions(repository, settings.subscriptions_max_age_s)
+        # Room for a few claims' worth: enough to keep the dispatcher busy between batches.
+        self.fresh = FreshDeliveries(4 * settings.max_concurrent_deliveries, uuid.uuid4().hex)
+        self._next_claim = 0.0  # when the dispatcher looks in the store for due deliveries
+        self._claim_now = False
         # Attempts that end at about the same time are recorded together (see record).
         self.attempts: GroupWriter[None, tuple[AttemptRecord, tuple[OutboxEntry, ...]], None] = (
             GroupWriter(self._write_attempts)
@@ -206,6 +217,7 @@ class NotifyService:
             "created_at": utcnow(),
         }
         await self.repository.insert_subscription(subscription)
+        self.subscriptions.changed()
         return subscription, secret
 
     async def rotate_secret(self, subscription_id: str) -> str | None:
@@ -223,6 +235,7 @@ class NotifyService:
                 "previous_until_ms": epoch_ms(overlap_until),
             },
         )
+        self.subscriptions.changed()
         return secret
 
     async def set_enabled(self, subscription_id: str, enabled: bool) -> Document | None:
@@ -230,6 +243,7 @@ class NotifyService:
             subscription_id,
             {"enabled": enabled, "disabled_reason": None if enabled else "by request"},
         )
+        self.subscriptions.changed()
         return await self.repository.find_subscription(subscription_id)
 
     async def get_subscription(self, subscription_id: str) -> Document | None:
@@ -238,7 +252,7 @@ class NotifyService:
     async def list_deliveries(self, filters: dict[str, Any], limit: int) -> list[Document]:
         return await self.repository.list_deliveries(filters, limit)
 
-    async def list_attempts(self, delivery_id: str) -> list[Document]:
+    async def list_attempts(self, delivery_id: str) -> list[Document] | None:
         return await self.repository.list_attempts(delivery_id)
 
     async def replay(self, delivery_id: str) -> Document | None:
@@ -246,7 +260,7 @@ class NotifyService:
         ``webhook-id``, so a receiver that saw it before can tell."""
         replayed = await self.repository.replay(delivery_id, utcnow())
         if replayed is not None:
-            self.wakeup.set()
+            self._claim_soon()
         return replayed
 
     async def replay_dead(self, since: datetime, until: datetime, limit: int) -> int:
@@ -257,21 +271,35 @@ class NotifyService:
         )
         replayed = [d for d in dead if await self.repository.replay(d["_id"], utcnow())]
         if replayed:
-            self.wakeup.set()
+            self._claim_soon()
         return len(replayed)
 
+    @property
+    def lease_s(self) -> float:
+        """How long a worker holds a delivery it is about to attempt: the attempt's
+        timeout, and time to record it."""
+        return self.settings.webhook_timeout_s + 30
+
     async def fan_out(self, events: Sequence[CloudEvent[Assignment]]) -> None:
-        """Store a delivery for each subscription that wants each event."""
+        """Store a delivery for each subscription that wants each event. As many as the
+        dispatcher has room for are stored leased to this process and handed to it."""
         if not events:
             return
-        subscriptions = await self.repository.enabled_subscriptions()
-        deliveries = [
+        subscriptions = await self.subscriptions.enabled()
+        # By id: an event redelivered within the batch makes the same delivery twice.
+        deliveries = unique_by_id(
             delivery_for(subscription, event)
             for event in events
             for subscription in subscriptions
             if wants(subscription, event)
-        ]
-        await self.repository.insert_deliveries(deliveries)
+        )
+        until_ms = epoch_ms(utcnow() + timedelta(seconds=self.lease_s))
+        handed = deliveries[: self.fresh.room()]
+        for delivery in handed:
+            delivery.update(next_attempt_ms=until_ms, lease=self.fresh.lease)
+        stored = await self.repository.insert_deliveries(deliveries)
+        # Only those stored now: one stored before (a redelivered event) may have been sent.
+        self.fresh.add([delivery for delivery in handed if delivery["_id"] in stored])
         for delivery in deliveries:
             log.info(
                 "delivery stored",
@@ -284,8 +312,10 @@ class NotifyService:
             self.wakeup.set()
 
     async def dispatch_forever(self) -> None:
-        """Send due deliveries, at most ``max_concurrent_deliveries`` at a time, claiming
-        as many at once as there is room for."""
+        """Send deliveries, at most ``max_concurrent_deliveries`` at a time: the fresh ones
+        handed over, and those due in the store (retries, replays, another worker's), looked
+        for every ``poll_interval_s``, at once after a replay, and again while a claim
+        fills all the room there is."""
         room = self.settings.max_concurrent_deliveries
         running: set[asyncio.Task[None]] = set()
         async with webhook_session(self.settings.webhook_timeout_s) as client:
@@ -294,7 +324,8 @@ class NotifyService:
                     if len(running) >= room:
                         await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                         continue
-                    deliveries = await self._claim_due(room - len(running))
+                    self.wakeup.clear()  # before looking: a hand-over meanwhile sets it again
+                    deliveries = await self._next_deliveries(room - len(running))
                     if not deliveries:
                         await self._wait_for_work()
                         continue
@@ -310,28 +341,53 @@ class NotifyService:
             finally:
                 for task in running:
                     task.cancel()
+                await self._release_fresh()
+
+    async def _next_deliveries(self, limit: int) -> list[Document]:
+        """Due deliveries from the store when it is time to look, then fresh ones."""
+        claimed = await self._claim_due(limit) if self._time_to_claim() else []
+        needed_ms = int((self.settings.webhook_timeout_s + 20) * 1000)
+        return claimed + self.fresh.take(limit - len(claimed), epoch_ms(utcnow()), needed_ms)
+
+    def _time_to_claim(self) -> bool:
+        return self._claim_now or time.monotonic() >= self._next_claim
+
+    def _claim_soon(self) -> None:
+        self._claim_now = True
+        self.wakeup.set()
 
     async def _claim_due(self, limit: int) -> list[Document]:
         now = utcnow()
-        lease = timedelta(seconds=self.settings.webhook_timeout_s + 30)
+        self._next_claim = time.monotonic() + self.settings.poll_interval_s
         try:
-            return await self.repository.claim_due(now, now + lease, limit)
+            claimed = await self.repository.claim_due(
+                now, now + timedelta(seconds=self.lease_s), limit
+            )
         except PyMongoError as exc:
             log.warning("could not claim deliveries", error=repr(exc))
             await asyncio.sleep(1.0)
             return []
+        self._claim_now = len(claimed) == limit  # it may have left more that are due
+        return claimed
+
+    async def _release_fresh(self) -> None:
+        """On the way out, make the deliveries still waiting here due for the next worker,
+        rather than leaving them to their leases."""
+        ids = self.fresh.drain()
+        with contextlib.suppress(PyMongoError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.repository.release(ids, self.fresh.lease, utcnow())
 
     async def _subscriptions_of(self, deliveries: list[Document]) -> dict[str, Document] | None:
-        """The deliveries' subscriptions, read once for all of them, just before they go."""
+        """The deliveries' subscriptions, as last read or read again just before they go."""
         ids = {delivery["subscription_id"] for delivery in deliveries}
         try:
-            return await self.repository.find_subscriptions(ids)
+            return await self.subscriptions.of(ids)
         except PyMongoError as exc:
             log.warning("could not read subscriptions", error=repr(exc))
             return None
 
     async def _wait_for_work(self) -> None:
-        self.wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wakeup.wait(), timeout=self.settings.poll_interval_s)
 
@@ -455,6 +511,7 @@ class NotifyService:
             await self.repository.disable_subscription(
                 subscription["_id"], "endpoint answered 410 Gone"
             )
+            self.subscriptions.changed()
             return
         delay = next_delay(
             self.settings.retry_schedule_s,

@@ -17,9 +17,10 @@ import pytest
 from pymongo import AsyncMongoClient
 from standardwebhooks.webhooks import Webhook
 
+from services.notify.cache import Subscriptions
 from services.notify.config import NotifySettings
 from services.notify.main import create_app
-from services.notify.repository import NotifyRepository
+from services.notify.repository import AttemptRecord, NotifyRepository
 from shared.embedded import EmbeddedStack
 from shared.events import (
     Assignment,
@@ -434,35 +435,105 @@ def assert_all_signed(desk: Receiver, secret: str) -> None:
         Webhook(secret).verify(body, headers)
 
 
-async def test_workers_claiming_at_once_never_take_the_same_delivery(
-    stack: EmbeddedStack, namespace: str
-) -> None:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+@pytest.fixture
+async def repository(stack: EmbeddedStack, namespace: str) -> AsyncIterator[NotifyRepository]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
     try:
         repository = NotifyRepository(client[f"{namespace}_notify"])
         await repository.ensure_indexes()
-        now = utcnow()
-        await repository.insert_deliveries(
-            [
-                {"_id": f"d{n}", "status": "pending", "next_attempt_ms": epoch_ms(now) - n}
-                for n in range(60)
-            ]
-        )
-        lease = now + timedelta(seconds=60)
-
-        # Two workers read the same due deliveries before either leases them; the second
-        # read 10 more than the first.
-        first_read, second_read = await repository.due(now, 40), await repository.due(now, 50)
-        first = await repository.lease(first_read, now, lease)
-        second = await repository.lease(second_read, now, lease + timedelta(seconds=1))
-        rest = await repository.claim_due(now, lease, limit=40)
-
-        assert len(first_read) == len(first) == 40
-        # It lost the race for the 40, and took the 10 only it read: none taken twice.
-        assert {d["_id"] for d in second} == {d["_id"] for d in second_read[40:]}
-        assert len(second) == 10
-        assert {d["_id"] for d in first + second + rest} == {f"d{n}" for n in range(60)}
-        assert len(rest) == 10
-        assert await repository.claim_due(now, lease, limit=40) == []  # all leased
+        yield repository
     finally:
         await client.close()
+
+
+async def test_workers_claiming_at_once_never_take_the_same_delivery(
+    repository: NotifyRepository,
+) -> None:
+    now = utcnow()
+    await repository.insert_deliveries(
+        [
+            {"_id": f"d{n}", "status": "pending", "next_attempt_ms": epoch_ms(now) - n}
+            for n in range(60)
+        ]
+    )
+    lease = now + timedelta(seconds=60)
+
+    # Two workers read the same due deliveries before either leases them; the second
+    # read 10 more than the first.
+    first_read, second_read = await repository.due(now, 40), await repository.due(now, 50)
+    first = await repository.lease(first_read, now, lease)
+    second = await repository.lease(second_read, now, lease + timedelta(seconds=1))
+    rest = await repository.claim_due(now, lease, limit=40)
+
+    assert len(first_read) == len(first) == 40
+    # It lost the race for the 40, and took the 10 only it read: none taken twice.
+    assert {d["_id"] for d in second} == {d["_id"] for d in second_read[40:]}
+    assert len(second) == 10
+    assert {d["_id"] for d in first + second + rest} == {f"d{n}" for n in range(60)}
+    assert len(rest) == 10
+    assert await repository.claim_due(now, lease, limit=40) == []  # all leased
+
+
+async def test_an_attempt_is_logged_on_its_delivery_once_beside_older_logged_apart(
+    repository: NotifyRepository,
+) -> None:
+    await repository.insert_deliveries([{"_id": "d1", "status": "pending", "attempt_count": 1}])
+    # Attempts were once documents of their own: the first of this one was logged so.
+    await repository.legacy_attempts.insert_one(
+        {"_id": "d1:1", "delivery_id": "d1", "number": 1, "status_code": 500}
+    )
+    second = AttemptRecord("d1", 2, {"status_code": 200, "at": utcnow()}, {"status": "delivered"})
+
+    await repository.record_attempts([second])
+    await repository.record_attempts([second])  # again, as after a crash before it was known
+
+    attempts = await repository.list_attempts("d1")
+    assert [(a["number"], a["status_code"]) for a in attempts or []] == [(1, 500), (2, 200)]
+    [delivery] = await repository.list_deliveries({"_id": "d1"}, 1)
+    assert (delivery["attempt_count"], delivery["status"]) == (2, "delivered")
+    assert "attempts" not in delivery  # the list leaves them to list_attempts
+    assert await repository.list_attempts("nowhere") is None
+
+
+async def test_subscriptions_changed_elsewhere_are_seen_within_their_max_age(
+    repository: NotifyRepository,
+) -> None:
+    subscriptions = Subscriptions(repository, max_age_s=1.0)
+    await repository.insert_subscription({"_id": "s1", "enabled": True})
+    assert [s["_id"] for s in await subscriptions.enabled()] == ["s1"]
+
+    # Another replica adds a subscription and pauses the first.
+    await repository.insert_subscription({"_id": "s2", "enabled": True})
+    await repository.disable_subscription("s1", "by request")
+    assert [s["_id"] for s in await subscriptions.enabled()] == ["s1"]  # as last read
+    await asyncio.sleep(1.1)
+    assert [s["_id"] for s in await subscriptions.enabled()] == ["s2"]
+
+    # One not seen yet is read at once, and so is a change made through this process.
+    await repository.insert_subscription({"_id": "s3", "enabled": True})
+    assert (await subscriptions.of({"s3"})).keys() == {"s1", "s2", "s3"}
+    await repository.disable_subscription("s2", "by request")
+    subscriptions.changed()
+    assert [s["_id"] for s in await subscriptions.enabled()] == ["s3"]
+
+
+async def test_deliveries_handed_over_but_not_begun_at_shutdown_go_out_at_once_after(
+    notify: NotifyFactory,
+) -> None:
+    """Fresh deliveries are stored leased to the process that will send them (for
+    webhook_timeout_s + 30 s). Stopping, it frees those it has not begun, so the next
+    notify sends them now, not when their leases run out."""
+    one_at_a_time = {"max_concurrent_deliveries": 1}
+    async with receiving(delay_s=0.3) as desk:
+        async with notify(**one_at_a_time) as service:
+            await service.subscribe(desk.url)
+            await service.send(*(offered() for _ in range(10)))
+            await eventually(lambda: at_least(desk.received, 1))
+            stored = await service.http.get("/v1/deliveries", headers=admin_headers())
+            assert len(stored.json()) == 10
+        async with notify(**one_at_a_time):
+            await eventually(lambda: at_least(desk.received, 10), timeout_s=20.0)
+            await _settle()
+
+    assert len({headers["webhook-id"] for headers, _ in desk.received}) == 10
+    assert len(desk.received) == 10

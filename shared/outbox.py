@@ -22,7 +22,7 @@ import heapq
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice, takewhile
 from typing import Any
@@ -83,7 +83,7 @@ class Outbox:
     storing one group of adds at a time, so that every number below one it has stored
     belongs to an add that has finished. After the broker acknowledged a batch, the
     relay moves the watermark with one small insert into ``<collection>_marks``: writer,
-    epoch, from and through, and the time. A writer's watermark is the highest mark of
+    epoch, from and through, and the time (batches sent close together share one). A writer's watermark is the highest mark of
     its current epoch (``tidy`` folds it into the writer's document in
     ``<collection>_writers`` now and then). The marks also say when an entry was
     published, and how far a replay must rewind: to the lowest ``from`` of the marks
@@ -405,6 +405,22 @@ class Outbox:
         return await self.collection.find_one({"_id": event_id})
 
 
+def joined(batches: Sequence[Batch]) -> Batch:
+    """Batches published one after another, as one: each writer's advances made one, from
+    the lowest start through the highest (each says all up to its ``through`` is out)."""
+    advances: dict[tuple[str, int], Advance] = {}
+    for advance in (advance for batch in batches for advance in batch.advances):
+        key = (advance.writer, advance.epoch)
+        if (known := advances.get(key)) is None:
+            advances[key] = replace(advance)
+        else:
+            known.start, known.through = (
+                min(known.start, advance.start),
+                max(known.through, advance.through),
+            )
+    return Batch([entry for batch in batches for entry in batch.entries], list(advances.values()))
+
+
 def _past_watermark(writer: Document) -> Document:
     """The query for a writer's entries past its watermark. ``$eq``, as in MongoDB: the
     embedded store reads every entry of the outbox for a bare value."""
@@ -519,6 +535,7 @@ class OutboxRelay:
         probe_interval_s: float = 2.0,
         on_broker_lost: Callable[[], Awaitable[None]] | None = None,
         tidy_every_s: float = 60.0,
+        mark_every_s: float = 0.2,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
@@ -535,12 +552,17 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._last_probe = 0.0
         self._lost_elsewhere: str | None = None  # why, when the loss was seen elsewhere
-        # Marking a batch published runs while the next batch is sent: the two wait on
-        # different servers. At most one mark is in flight, and it is awaited before a
-        # store read (else its entries would read as pending and go out again) and a
-        # replay (which then reads every mark made, though one made after it would count
-        # for nothing anyway: its epoch is past).
+        # Marking batches published runs while the next ones are sent: the two wait on
+        # different servers. The batches sent meanwhile, and within ``mark_every_s`` of
+        # the last mark, are marked together: one insert per writer instead of one per
+        # batch (a crash before it sends them again; consumers dedupe). The marking is
+        # awaited before a store read (else its entries would read as pending and go
+        # out again) and a replay (which then reads every mark made, though one made
+        # after it would count for nothing anyway: its epoch is past).
+        self.mark_every_s = mark_every_s
+        self._unmarked: list[Batch] = []
         self._marking: asyncio.Task[None] | None = None
+        self._last_mark = 0.0
 
     async def run(self) -> None:
         delay = 0.2
@@ -596,8 +618,7 @@ class OutboxRelay:
             for entry in entries
         ]
         sent = await asyncio.gather(*deliveries)
-        await self._marked()
-        self._marking = asyncio.create_task(self.outbox.mark_published(batch))
+        await self._mark_soon(batch)
         if self.memory.acknowledged(sent):
             await self._noticed_loss("offsets went backwards on a send")
         now = utcnow()
@@ -644,9 +665,23 @@ class OutboxRelay:
         if self.on_broker_lost is not None:  # what this service consumed was lost too
             await self.on_broker_lost()
 
+    async def _mark_soon(self, batch: Batch) -> None:
+        if self._marking is not None and self._marking.done():
+            await self._marked()  # to hear of a failure
+        self._unmarked.append(batch)
+        if self._marking is None:
+            self._marking = asyncio.create_task(self._mark_unmarked())
+
+    async def _mark_unmarked(self) -> None:
+        await asyncio.sleep(self._last_mark + self.mark_every_s - time.monotonic())
+        while self._unmarked:
+            batches, self._unmarked = self._unmarked, []
+            self._last_mark = time.monotonic()
+            await self.outbox.mark_published(joined(batches))
+
     async def _marked(self) -> None:
-        """Wait for the mark in flight, if any. One that failed left its entries pending:
-        the store is read next, and they go out again (consumers dedupe)."""
+        """Wait for the marking under way, if any. One that failed left its entries
+        pending: the store is read next, and they go out again (consumers dedupe)."""
         marking, self._marking = self._marking, None
         if marking is None:
             return
@@ -654,6 +689,7 @@ class OutboxRelay:
             await marking
         except PyMongoError as exc:
             log.warning("marking events published failed; they go out again", error=repr(exc))
+            self._unmarked.clear()
             self.outbox.need_store_read()
 
     async def _republish(self, why: str) -> None:

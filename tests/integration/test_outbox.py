@@ -8,6 +8,7 @@ handed out, once per publication, in the order it was stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -17,8 +18,10 @@ from pymongo import AsyncMongoClient
 
 from shared.embedded import EmbeddedStack
 from shared.events import CloudEvent, utcnow
+from shared.metrics import service_metrics
 from shared.mongo import Document
-from shared.outbox import Outbox
+from shared.outbox import Outbox, OutboxRelay, joined
+from tests.support import eventually, kafka_settings, read_topic
 
 TOPIC = "switchboard.test.v1"
 
@@ -34,7 +37,7 @@ def note(event_id: str) -> tuple[str, str, CloudEvent[Note]]:
 
 @pytest.fixture
 async def client(stack: EmbeddedStack) -> AsyncIterator[AsyncMongoClient[Document]]:
-    mongo: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo_url)
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
     yield mongo
     await mongo.close()
 
@@ -186,6 +189,28 @@ async def test_a_replay_voids_a_move_of_the_watermark_in_flight(outbox: Outbox) 
     assert await publish_all(outbox) == ["a", "b", "c"]
 
 
+async def test_batches_marked_together_move_the_watermark_as_each_would(outbox: Outbox) -> None:
+    """A relay marks the batches it sent while its last mark was made in one insert."""
+    await publish_all(outbox)  # the first read goes to the store: from here, the hand-over
+    await outbox.add([note(f"n{n:02}") for n in range(20)])
+    batches = []
+    while batch := await outbox.next_batch(limit=7):
+        batches.append(batch)
+    since = utcnow() - timedelta(minutes=1)
+
+    await outbox.mark_published(joined(batches))
+
+    assert [len(batch) for batch in batches] == [7, 7, 6]
+    assert await outbox.marks.count_documents({}) == 1
+    assert await pending_in_store(outbox) == []
+    entry = await outbox.find("n19")
+    assert entry is not None
+    assert await outbox.published_at(entry) is not None
+    # A replay rewinds to where the first of them began.
+    assert await outbox.republish_since(since) == 20
+    assert await publish_all(outbox) == [f"n{n:02}" for n in range(20)]
+
+
 async def test_a_failure_during_a_store_read_keeps_the_next_batch_on_the_store(
     outbox: Outbox,
 ) -> None:
@@ -278,3 +303,34 @@ async def test_a_replay_rewinds_every_writer(
 
     assert await publish_all(first) == ["a1", "a2"]
     assert await publish_all(second) == ["b1"]
+
+
+async def test_a_busy_relay_marks_the_batches_it_sent_meanwhile_together(
+    outbox: Outbox, stack: EmbeddedStack, namespace: str
+) -> None:
+    settings = kafka_settings(stack.bootstrap_servers, namespace)
+    relay = OutboxRelay(outbox, settings, service_metrics("marks"), batch=5, mark_every_s=0.5)
+
+    async def started() -> bool:
+        return not outbox.store_read_due()  # its first store read is done: it is handed over
+
+    async def all_marked() -> bool:
+        top = await outbox.marks.find_one(sort=[("through", -1)])
+        return top is not None and top["through"] == 50  # the writer numbers from 1
+
+    running = asyncio.create_task(relay.run())
+    try:
+        await eventually(started)
+        for n in range(10):
+            await outbox.add([note(f"n{n}-{m}") for m in range(5)])
+        events = await read_topic(settings, TOPIC, Note, expect=50)
+        await eventually(all_marked)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    assert [event.id for _, event in events] == [f"n{n}-{m}" for n in range(10) for m in range(5)]
+    assert await pending_in_store(outbox) == []
+    # Ten adds of five, published as they came: one mark at once, the rest together.
+    assert await outbox.marks.count_documents({}) < 10

@@ -1,4 +1,5 @@
-"""A service's relays act together when one of them sees the broker lose data."""
+"""A service's relays act together when one of them sees the broker lose data; a relay
+marks the batches it sent meanwhile together."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pymongo import AsyncMongoClient
 from shared.app import broker_lost
 from shared.metrics import service_metrics
 from shared.mongo import Document
-from shared.outbox import Outbox, OutboxRelay
+from shared.outbox import Advance, Batch, Outbox, OutboxRelay, joined
 from shared.settings import KafkaSettings
 
 
@@ -29,3 +30,21 @@ async def test_a_loss_one_relay_saw_makes_the_others_publish_their_windows_again
     assert [relay.outbox.wakeup.is_set() for relay in relays] == [True, False, True]
     assert rewinds == ["rewound"]
     await client.close()
+
+
+def test_batches_joined_make_one_advance_per_writer_and_epoch() -> None:
+    batches = [
+        Batch([{"_id": "a"}], [Advance("w1", 0, 0, 5), Advance("w2", 1, 10, 12)]),
+        Batch([{"_id": "b"}], [Advance("w1", 0, 3, 9)]),
+        Batch([], [Advance("w1", 1, 0, 2)]),  # after a replay: another epoch
+    ]
+
+    one = joined(batches)
+
+    assert [entry["_id"] for entry in one.entries] == ["a", "b"]
+    assert one.advances == [
+        Advance("w1", 0, 0, 9),
+        Advance("w2", 1, 10, 12),
+        Advance("w1", 1, 0, 2),
+    ]
+    assert batches[0].advances[0] == Advance("w1", 0, 0, 5)  # left as they were

@@ -72,12 +72,18 @@ class Runtime:
         )
         runtime = cls(name, settings, client, db, outbox, metrics, access, AuditLog(db), spans)
         runtime.consume(
-            settings.kafka.topics.access_keys, kafka.decoded(AccessKey, access.apply, metrics)
+            settings.kafka.topics.access_keys,
+            kafka.decoded(AccessKey, access.apply, metrics),
+            settings.kafka.background_batch_within_s,
         )
         return runtime
 
-    def consume(self, topic: str, handler: kafka.BatchHandler) -> None:
-        """Feed ``topic`` to ``handler`` in batches, through this service's Faust app."""
+    def consume(
+        self, topic: str, handler: kafka.BatchHandler, within_s: float | None = None
+    ) -> None:
+        """Feed ``topic`` to ``handler`` in batches, through this service's Faust app,
+        waiting up to ``within_s`` (the Kafka settings' ``batch_within_s`` unless given)
+        for a batch to fill."""
         if self.stream is None:
             self.stream = kafka.create_stream_app(self.name, self.settings)
         kafka.consume_batches(
@@ -87,6 +93,7 @@ class Runtime:
             self.settings.kafka,
             self.metrics,
             f"{self.name}-{topic}",
+            within_s,
         )
 
     async def rewind_consumers(self) -> None:

@@ -253,12 +253,14 @@ def consume_batches(
     settings: KafkaSettings,
     metrics: ServiceMetrics,
     name: str,
+    within_s: float | None = None,
 ) -> None:
     """Run ``handler`` over batches from ``topic``, retrying a batch until it is stored."""
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    within = settings.batch_within_s if within_s is None else within_s
 
     async def agent(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        async for events in stream.take_events(settings.batch_size, within=within):
             batch = [_raw_event(event) for event in events]
             with metrics.handle_seconds.time():
                 await _until_stored(handler, batch, name)

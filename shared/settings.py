@@ -41,6 +41,9 @@ class KafkaSettings(BaseSettings):
     # when this wait ends, even if records arrive meanwhile, so every hop waits for it:
     # keep both short there. Kafka answers as soon as records arrive (500 ms is its default).
     batch_within_s: float = Field(default=0.01, gt=0)
+    # The same for consumers nobody waits on (access keys, ingest's journey): a consumer
+    # wakes every such interval even when idle, and a fuller batch is one write, not many.
+    background_batch_within_s: float = Field(default=0.25, gt=0)
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=10_000)
     # How to authenticate to the brokers (Strimzi's TLS + SCRAM listener: SASL_SSL,
     # SCRAM-SHA-512, the KafkaUser's name and password, the cluster CA certificate).

@@ -33,15 +33,22 @@ def create_app(settings: IngestSettings) -> FastAPI:
     topics = settings.kafka.topics
     runtime.consume(topics.submitted, stream.submitted_handler(service))
     journeys = JourneyLog(runtime.db)
-    metrics = runtime.metrics
+    # Nobody waits on the journey: its steps are gathered longer and stored together.
+    metrics, within_s = runtime.metrics, settings.kafka.background_batch_within_s
     runtime.consume(
-        topics.enriched, journey_handler(EnrichedInteraction, enriched_step, journeys, metrics)
+        topics.enriched,
+        journey_handler(EnrichedInteraction, enriched_step, journeys, metrics),
+        within_s,
     )
     runtime.consume(
-        topics.assignments, journey_handler(Assignment, assignment_step, journeys, metrics)
+        topics.assignments,
+        journey_handler(Assignment, assignment_step, journeys, metrics),
+        within_s,
     )
     runtime.consume(
-        topics.deliveries, journey_handler(DeliveryAttempt, delivery_step, journeys, metrics)
+        topics.deliveries,
+        journey_handler(DeliveryAttempt, delivery_step, journeys, metrics),
+        within_s,
     )
     service.journeys = journeys
     poller = FeedPoller(repository, service, settings.allow_hosts)

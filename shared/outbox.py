@@ -83,12 +83,12 @@ class Outbox:
     storing one group of adds at a time, so that every number below one it has stored
     belongs to an add that has finished. After the broker acknowledged a batch, the
     relay moves the watermark with one small insert into ``<collection>_marks``: writer,
-    epoch, from and through, and the time (batches sent close together share one). A writer's watermark is the highest mark of
-    its current epoch (``tidy`` folds it into the writer's document in
-    ``<collection>_writers`` now and then). The marks also say when an entry was
-    published, and how far a replay must rewind: to the lowest ``from`` of the marks
-    since its start. A replay sets the document's watermark and bumps the epoch, so
-    that a mark in flight from before it counts for nothing.
+    epoch, from and through, and the time (batches sent close together share one). A
+    writer's watermark is the highest mark of its current epoch (``tidy`` folds it into
+    the writer's document in ``<collection>_writers`` now and then). The marks also say
+    when an entry was published, and how far a replay must rewind: to the lowest
+    ``from`` of the marks since its start. A replay sets the document's watermark and
+    bumps the epoch, so that a mark in flight from before it counts for nothing.
 
     Entries stored before watermarks (with a ``pending`` field) are still published and
     marked one by one.

@@ -11,10 +11,14 @@ it would scan the items, which grow by one per interaction, on every timer tick.
 
 from __future__ import annotations
 
+import collections
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -27,6 +31,31 @@ from shared.mongo import Document, epoch_ms, insert_new
 CANDIDATES_READ = 200
 # Reservation tokens an agent keeps: enough that one stays while its writer reads it back.
 RECENT_RESERVATIONS = 20
+PRIORITIES = range(1, 6)  # a policy's priorities, most urgent first
+WAITING = ("queued", "offered")  # an item waiting for an agent, or for an agent's answer
+HOLDING = ("offered", "accepted")  # an item that takes a unit of its agent's capacity
+
+
+class Tally(NamedTuple):
+    """Items the store counted for one value of a field, and the least of another."""
+
+    items: int
+    least: Any = None
+
+
+@dataclass
+class QueueCounts:
+    """One queue's waiting items, as the store counted them."""
+
+    waiting: dict[int, int] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0))
+    offered: int = 0
+    sla_breached: int = 0
+    oldest_enqueued_ms: int | None = None
+
+    def note_enqueued(self, enqueued_ms: int | None) -> None:
+        if enqueued_ms is not None:
+            oldest = self.oldest_enqueued_ms
+            self.oldest_enqueued_ms = enqueued_ms if oldest is None else min(oldest, enqueued_ms)
 
 
 class RouterRepository:
@@ -61,7 +90,25 @@ class RouterRepository:
         await self.items.create_index(
             [("state", ASCENDING), ("priority", ASCENDING), ("enqueued_at", ASCENDING)]
         )
+        # What the timers look for every tick among the offered and waiting items.
+        await self.items.create_index([("state", ASCENDING), ("offer_expires_ms", ASCENDING)])
+        await self.items.create_index([("state", ASCENDING), ("sla_due_ms", ASCENDING)])
         await self.agents.create_index([("presence", ASCENDING), ("free", DESCENDING)])
+        await self.note_enqueued_ms()
+
+    async def note_enqueued_ms(self) -> None:
+        """Give waiting items stored without ``enqueued_ms`` (before it was kept) theirs,
+        so that the queue statistics' oldest wait counts them."""
+        lacking = {"enqueued_ms": {"$exists": False}}
+        items = await self.items_in(WAITING, lacking, fields=["enqueued_at"])
+        if items:
+            await self.items.bulk_write(
+                [
+                    UpdateOne({"_id": item["_id"]}, {"$set": {"enqueued_ms": as_ms(item)}})
+                    for item in items
+                ],
+                ordered=False,
+            )
 
     async def insert_agent(self, agent: Document) -> None:
         await self.agents.insert_one(agent)
@@ -87,10 +134,25 @@ class RouterRepository:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def held_items(self, agent_id: str) -> int:
-        """Items offered to or accepted by the agent: what its load should be."""
-        mine = {"agent_id": {"$eq": agent_id}}
-        return len(await self.items_in(("offered", "accepted"), mine, fields=["_id"]))
+    async def tally(self, match: Document, by: str, least: str | None = None) -> dict[Any, Tally]:
+        """The items matching ``match``, counted per value of ``by`` (with the least value
+        of ``least`` among them) by the store, which returns one row per value instead of
+        the items: the statistics below read none of the thousands a busy desk has."""
+        group: Document = {"_id": f"${by}", "items": {"$sum": 1}}
+        if least is not None:
+            group["least"] = {"$min": f"${least}"}
+        cursor = await self.items.aggregate([{"$match": match}, {"$group": group}])
+        return {row["_id"]: Tally(row["items"], row.get("least")) async for row in cursor}
+
+    async def held_by_agent(self) -> collections.Counter[str]:
+        """Items offered to or accepted by each agent: what its load should be."""
+        held: collections.Counter[str] = collections.Counter()
+        for state in HOLDING:
+            for agent_id, tally in (
+                await self.tally({"state": {"$eq": state}}, "agent_id")
+            ).items():
+                held[agent_id] += tally.items
+        return held
 
     async def correct_load(self, agent: Document, load: int) -> bool:
         """Set the agent's load to ``load`` if nothing reserved or released meanwhile."""
@@ -265,12 +327,25 @@ class RouterRepository:
         free = {"presence": {"$eq": "online"}, "free": {"$gt": 0}}
         return await self.agents.find_one(free) is not None
 
-    async def waiting_items(self) -> list[Document]:
-        """Every item waiting for an agent or an answer to its offer, for queue statistics:
-        only the fields those read (a busy desk may have thousands waiting, and each
-        whole item carries its text and customer)."""
-        fields = ["state", "queue", "priority", "enqueued_at", "sla_breached_ms"]
-        return await self.items_in(("queued", "offered"), fields=fields)
+    async def queue_counts(self) -> dict[str, QueueCounts]:
+        """Per queue, the items waiting by priority, those offered, those past their SLA
+        and the oldest: nine grouped counts, one indexed state (and priority) each, as the
+        embedded store scans for ``$in``."""
+        counts: defaultdict[str, QueueCounts] = defaultdict(QueueCounts)
+        for state in WAITING:
+            in_state = {"state": {"$eq": state}}
+            for queue, tally in (await self.tally(in_state, "queue", "enqueued_ms")).items():
+                counts[queue].note_enqueued(tally.least)
+                if state == "offered":
+                    counts[queue].offered = tally.items
+            breached = {**in_state, "sla_breached_ms": {"$ne": None}}
+            for queue, tally in (await self.tally(breached, "queue")).items():
+                counts[queue].sla_breached += tally.items
+        for priority in PRIORITIES:
+            queued = {"state": {"$eq": "queued"}, "priority": {"$eq": priority}}
+            for queue, tally in (await self.tally(queued, "queue")).items():
+                counts[queue].waiting[priority] = tally.items
+        return counts
 
     async def online_agents(self) -> list[Document]:
         return await self.agents.find({"presence": {"$eq": "online"}}).to_list(length=None)
@@ -283,6 +358,11 @@ class RouterRepository:
             .limit(limit)
         )
         return await cursor.to_list(length=limit)
+
+
+def as_ms(item: Document) -> int:
+    enqueued: datetime = item["enqueued_at"]
+    return epoch_ms(enqueued if enqueued.tzinfo else enqueued.replace(tzinfo=UTC))
 
 
 # A step's candidates (one entry per agent) are kept as JSON text: they are only ever read

@@ -8,7 +8,7 @@ import collections
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from services.router.decisions import (
     waiting_step,
 )
 from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
-from services.router.repository import CANDIDATES_READ, RouterRepository
+from services.router.repository import CANDIDATES_READ, QueueCounts, RouterRepository
 from shared.events import (
     SLA_BREACHED,
     Assignment,
@@ -174,6 +174,7 @@ def new_item(
         "offer": 0,
         "agent_id": None,
         "enqueued_at": now,
+        "enqueued_ms": epoch_ms(now),  # what the queue statistics' oldest wait is counted from
         "sla_due_ms": epoch_ms(now + timedelta(seconds=sla_s)),
         "sla_breached_ms": None,
         "customer": enriched.customer.model_dump(mode="json"),
@@ -608,10 +609,14 @@ class RouterService:
         offered anything for a while has exactly the load of the items it holds."""
         quiet_since = epoch_ms(utcnow()) - int(self.settings.reconcile_after_s * 1000)
         freed = False
-        for agent in await self.repository.list_agents(10_000):
+        agents = await self.repository.list_agents(10_000)
+        if all(int(agent.get("last_offer_ms", 0)) > quiet_since for agent in agents):
+            return
+        held_by_agent = await self.repository.held_by_agent()
+        for agent in agents:
             if int(agent.get("last_offer_ms", 0)) > quiet_since:
                 continue  # a reservation may be on its way to becoming an offer
-            held = await self.repository.held_items(agent["_id"])
+            held = held_by_agent[agent["_id"]]
             if held != agent["load"] and await self.repository.correct_load(agent, held):
                 log.warning(
                     "agent load corrected", agent_id=agent["_id"], was=agent["load"], now=held
@@ -631,11 +636,12 @@ class RouterService:
 
     async def queue_stats(self) -> list[QueueStats]:
         """Depth by priority, oldest wait and breaches per queue; online agents' load."""
-        now = utcnow()
-        stats = {name: QueueStats(name) for name in self.policy.queues}
-        for item in await self.repository.waiting_items():
-            queue = stats.setdefault(item["queue"], QueueStats(item["queue"]))
-            queue.count(item, now)
+        now_ms = epoch_ms(utcnow())
+        counts = await self.repository.queue_counts()
+        stats = {
+            name: QueueStats.of(name, counts.get(name, QueueCounts()), now_ms)
+            for name in [*self.policy.queues, *sorted(counts.keys() - self.policy.queues.keys())]
+        }
         agents = await self.repository.online_agents()
         for queue in stats.values():
             spec = self.policy.queues.get(queue.name)
@@ -670,19 +676,16 @@ class QueueStats:
     agents_load: int = 0
     agents_capacity: int = 0
 
-    def count(self, item: Document, now: datetime) -> None:
-        if item["state"] == "offered":
-            self.offered += 1
-        else:
-            self.waiting[int(item["priority"])] += 1
-        waited = (now - as_utc(item["enqueued_at"])).total_seconds()
-        self.oldest_wait_s = max(self.oldest_wait_s, round(waited, 3))
-        if item.get("sla_breached_ms") is not None:
-            self.sla_breached += 1
-
-
-def as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    @classmethod
+    def of(cls, name: str, counts: QueueCounts, now_ms: int) -> QueueStats:
+        oldest = counts.oldest_enqueued_ms
+        return cls(
+            name,
+            waiting=dict(counts.waiting),
+            offered=counts.offered,
+            oldest_wait_s=0.0 if oldest is None else max(0.0, round((now_ms - oldest) / 1000, 3)),
+            sla_breached=counts.sla_breached,
+        )
 
 
 @dataclass(frozen=True)

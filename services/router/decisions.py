@@ -144,8 +144,10 @@ def transition_step(item: Document, kind: str, agent_id: str | None, why: str) -
 
 
 def readable(item: Document, steps: Sequence[Document]) -> dict[str, Any]:
-    """The record as the API shows it: the item now, and every step in order."""
-    ordered = sorted(steps, key=lambda s: (s["at_ms"], s["_id"]))
+    """The record as the API shows it: the item now, and every step in order (steps of
+    the same millisecond in the order they were stored, which is the order they were
+    made)."""
+    ordered = sorted(steps, key=lambda s: s["at_ms"])
     return {
         "interaction_id": item["_id"],
         "state": item["state"],

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 
 from services.router.policy import CONDITION_VARIABLES, Policy, PolicyError, PolicyIn
-from services.router.repository import FIRST_STEPS
 from services.router.service import (
     Action,
     ActionRefused,
@@ -159,7 +158,7 @@ async def get_item(interaction_id: str, service: Service, caller: Caller) -> dic
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item")
     require_subject(caller, item.get("agent_id"), "item")
-    return public(item, hide=(FIRST_STEPS,))  # shown by its decision record
+    return public(item)
 
 
 @router.get("/items/{interaction_id}/decision", dependencies=[AdminOrOperator])

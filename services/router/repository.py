@@ -181,11 +181,11 @@ class RouterRepository:
             by_item.setdefault(step["item_id"], []).append(step)
         await insert_new(self.decisions, [bundled(item_steps) for item_steps in by_item.values()])
 
-    async def steps_for(self, item: Document) -> list[Document]:
-        """Every step of an item once: those stored on the item when it was routed, and
-        the later ones (a redelivery may have stored one again, alone or with others)."""
-        found = self.decisions.find({"item_id": {"$eq": item["_id"]}})
-        steps = {step["_id"]: step for step in first_steps(item)}
+    async def steps_for(self, item_id: str) -> list[Document]:
+        """Every step of an item once (a redelivery may have stored one again, alone or
+        with others)."""
+        found = self.decisions.find({"item_id": {"$eq": item_id}})
+        steps: dict[str, Document] = {}
         async for doc in found:
             for step in unbundled(doc):
                 steps.setdefault(step["_id"], step)
@@ -382,26 +382,8 @@ def bundled(steps: Sequence[Document]) -> Document:
     return {
         "_id": derived_event_id("steps", *(step["_id"] for step in steps)),
         "item_id": steps[0]["item_id"],
-        "steps": packed_steps(steps),
+        "steps": json.dumps(list(steps), separators=(",", ":"), default=str),
     }
-
-
-def packed_steps(steps: Sequence[Document]) -> str:
-    return json.dumps(list(steps), separators=(",", ":"), default=str)
-
-
-# The steps that routed an item and offered or queued it, stored on the item itself (as
-# JSON text) when the item is stored: no decision document of its own for most items.
-FIRST_STEPS = "first_steps"
-
-
-def with_first_steps(item: Document, steps: Sequence[Document]) -> Document:
-    return {**item, FIRST_STEPS: packed_steps(steps)}
-
-
-def first_steps(item: Document) -> list[Document]:
-    packed = item.get(FIRST_STEPS)
-    return json.loads(packed) if isinstance(packed, str) else []
 
 
 def unbundled(doc: Document) -> list[Document]:

@@ -26,12 +26,7 @@ from services.router.decisions import (
     waiting_step,
 )
 from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
-from services.router.repository import (
-    CANDIDATES_READ,
-    QueueCounts,
-    RouterRepository,
-    with_first_steps,
-)
+from services.router.repository import CANDIDATES_READ, QueueCounts, RouterRepository
 from shared.events import (
     SLA_BREACHED,
     Assignment,
@@ -378,8 +373,8 @@ class RouterService:
         offers = await self.offer_together([item for _, item, _ in routed.values()], writes)
         fresh = await self.repository.insert_items(
             [
-                self.as_stored(item, decision, offers.get(i), writes)
-                for i, (_, item, decision) in routed.items()
+                settled.item if isinstance(settled := offers.get(i), Offer) else routed[i][1]
+                for i in routed
             ]
         )
         for offer in offers.values():
@@ -393,34 +388,15 @@ class RouterService:
                 ),
                 self.spans.span("route", event.traceparent, interaction_id=data.interaction.id),
             ):
+                writes.steps.append(routed_step(item["_id"], decision))
                 outcome = offers.get(item["_id"]) if item["_id"] in fresh else None
                 if isinstance(outcome, Offer):
                     self.record_offer(outcome, writes)
                 elif outcome == "no agent":
-                    self.announce_waiting(item, writes)
+                    await self.wait_in_queue(item, writes)
                 else:
-                    writes.steps.append(routed_step(item["_id"], decision))
                     await self.place(item, item["_id"] in fresh, writes)
         await self.flush(writes)
-
-    def as_stored(
-        self,
-        item: Document,
-        decision: Decision,
-        outcome: Offer | Literal["no agent"] | None,
-        writes: Writes,
-    ) -> Document:
-        """The item as it is first stored: offered if an agent was reserved for it, and
-        with the steps that routed it and offered or queued it (its decision record needs
-        no document of its own then). Left for ``place``, it is stored as routed."""
-        routed = routed_step(item["_id"], decision)
-        if isinstance(outcome, Offer):
-            item, last = outcome.item, offered_step(outcome.item, outcome.agents, outcome.agent)
-        elif outcome == "no agent":
-            last = waiting_step(item, writes.agents or [])
-        else:
-            return item
-        return with_first_steps(item, [routed, last])
 
     async def offer_together(
         self, items: Sequence[Document], writes: Writes
@@ -466,6 +442,7 @@ class RouterService:
     def record_offer(self, offer: Offer, writes: Writes) -> None:
         item = offer.item
         writes.events.append((self.topics.assignments, item["_id"], offered_event(item)))
+        writes.steps.append(offered_step(item, offer.agents, offer.agent))
         log.info(
             "offered",
             interaction_id=item["_id"],
@@ -475,12 +452,9 @@ class RouterService:
         )
 
     async def wait_in_queue(self, item: Document, writes: Writes) -> None:
-        writes.steps.append(waiting_step(item, await self.candidates(writes)))
-        self.announce_waiting(item, writes)
-
-    def announce_waiting(self, item: Document, writes: Writes) -> None:
         queued = assignment_event(item, AssignmentStatus.QUEUED, None)
         writes.events.append((self.topics.assignments, item["_id"], queued))
+        writes.steps.append(waiting_step(item, await self.candidates(writes)))
         log.info("queued", queue=item["queue"], priority=item["priority"], rule=item["rule"])
 
     def route(self, event: CloudEvent[EnrichedInteraction]) -> tuple[Document, Decision]:
@@ -658,7 +632,7 @@ class RouterService:
         item = await self.repository.find_item(item_id)
         if item is None:
             return None
-        return readable(item, await self.repository.steps_for(item))
+        return readable(item, await self.repository.steps_for(item_id))
 
     async def queue_stats(self) -> list[QueueStats]:
         """Depth by priority, oldest wait and breaches per queue; online agents' load."""

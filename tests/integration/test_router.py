@@ -18,12 +18,7 @@ from pymongo import AsyncMongoClient
 from services.router.config import RouterSettings
 from services.router.decisions import step
 from services.router.main import create_app
-from services.router.repository import (
-    FIRST_STEPS,
-    RECENT_RESERVATIONS,
-    RouterRepository,
-    with_first_steps,
-)
+from services.router.repository import RECENT_RESERVATIONS, RouterRepository
 from shared.embedded import EmbeddedStack
 from shared.events import (
     INTERACTION_ENRICHED,
@@ -614,35 +609,6 @@ async def test_the_decision_record_says_why_each_agent_was_or_was_not_chosen(
     assert record["summary"][0].startswith("policy v2: rule 'spanish' matched -> queue spanish")
 
 
-async def test_an_item_offered_in_its_batch_keeps_its_first_steps_on_itself(
-    router: Router,
-) -> None:
-    agent = await router.agent()
-    item = enriched()
-    await router.send(item)
-    await router.offers(1)
-    item_id = item.interaction.id
-
-    shown = (await router.http.get(f"/v1/items/{item_id}", headers=admin_headers())).json()
-    record = (
-        await router.http.get(f"/v1/items/{item_id}/decision", headers=admin_headers())
-    ).json()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        router.settings.mongo.url.get_secret_value()
-    )
-    decisions = client[router.settings.mongo.database("router")]["decisions"]
-    documents = await decisions.count_documents({"item_id": {"$eq": item_id}})
-    await client.close()
-
-    assert [(s["step"], s.get("agent_id")) for s in record["steps"]] == [
-        ("routed", None),
-        ("offered", agent),
-    ]
-    assert documents == 0  # no decision document of its own
-    assert (shown["state"], shown["agent_id"]) == ("offered", agent)
-    assert FIRST_STEPS not in shown  # the decision record shows them
-
-
 async def test_a_body_over_the_limit_is_refused_unread_whether_declared_or_streamed(
     router: Router,
 ) -> None:
@@ -683,25 +649,16 @@ async def test_decision_steps_stored_together_or_again_read_back_once_each(
     offered = step("i-1", "offered", 1, agent_id="a-1", candidates=[{"agent_id": "a-1"}])
     other = step("i-2", "routed", summary="policy v1")
 
-    accepted = step("i-1", "accepted", 1, agent_id="a-1", summary="accepted")
-    item = with_first_steps({"_id": "i-1", "state": "accepted"}, [routed, offered])
-
     await repository.record_steps([routed, offered, other])  # a batch: i-1's two together
     await repository.record_steps([routed, offered, other])  # the batch redelivered
     await repository.record_steps([step("i-1", "routed", summary="policy v1")])  # alone
-    await repository.record_steps([accepted])
     stored = await client[namespace]["decisions"].count_documents({})
-    steps = await repository.steps_for({"_id": "i-1"})
-    with_first = await repository.steps_for(item)  # those stored on the item, and later
+    steps = await repository.steps_for("i-1")
     await client.close()
 
-    assert stored == 4  # i-1's pair, i-1's routed alone, i-1's accepted, i-2's
-    assert sorted(s["step"] for s in steps) == ["accepted", "offered", "routed"]
+    assert stored == 3  # i-1's pair, i-1's routed alone, i-2's
+    assert sorted(s["step"] for s in steps) == ["offered", "routed"]
     assert next(s for s in steps if s["step"] == "offered")["candidates"] == [{"agent_id": "a-1"}]
-    assert sorted(s["step"] for s in with_first) == ["accepted", "offered", "routed"]
-    assert next(s for s in with_first if s["step"] == "offered")["candidates"] == [
-        {"agent_id": "a-1"}
-    ]
 
 
 async def test_capacity_is_reserved_in_one_write_and_only_where_it_was_free(

@@ -240,7 +240,16 @@ def serve(service: str) -> int:
     app = service_factories()[service]()
     settings = app.state.runtime.settings
     configure_logging(settings.log)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # libuv's loop and a C parser: Faust, aiokafka and pymongo run on this loop too
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+    )
     return 0
 
 

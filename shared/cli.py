@@ -9,6 +9,7 @@ switchboard demo          register a customer, an agent, a subscription; post me
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ from types import FrameType
 
 import httpx
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -240,13 +242,16 @@ def serve(service: str) -> int:
     app = service_factories()[service]()
     settings = app.state.runtime.settings
     configure_logging(settings.log)
+    # libuv's loop for every loop of the process: uvicorn's, which the API, Faust's
+    # agents, the producers and pymongo share, and the one Faust's consumer thread makes
+    # for itself.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
-        # libuv's loop and a C parser: Faust, aiokafka and pymongo run on this loop too
         loop="uvloop",
-        http="httptools",
+        http="httptools",  # a C parser
         log_config=None,
         access_log=False,
     )

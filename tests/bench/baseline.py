@@ -8,8 +8,9 @@ producing each one, with an id, to topic 0 and answering once the broker acknowl
 them; each ``relay`` consumes a batch and produces it to the next topic, committing after;
 ``egress`` POSTs each record to the desk (up to ``--in-flight`` at a time, with aiohttp)
 and commits.
-Each stage is its own process, as each Switchboard service is. Producers are set up as
-the services' are (acks=all, linger 2 ms); consumers take up to 500 records a poll.
+Each stage is its own process, as each Switchboard service is, on the same event loop
+(uvloop) and HTTP parser (httptools). Producers are set up as the services' are
+(acks=all, linger 2 ms); consumers take up to 500 records a poll.
 
     python -m tests.bench.baseline ingress --bootstrap B --topic T --port P
     python -m tests.bench.baseline relay   --bootstrap B --topic T --to U --group G
@@ -29,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -155,9 +157,18 @@ def main() -> None:
     parser.add_argument("--url", default="")
     parser.add_argument("--in-flight", type=int, default=32)
     args = parser.parse_args()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the services' loop
     if args.role == "ingress":
         app = ingress_app(args.bootstrap, args.topic)
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
         return
     with contextlib.suppress(KeyboardInterrupt):
         if args.role == "relay":

@@ -9,7 +9,6 @@ switchboard demo          register a customer, an agent, a subscription; post me
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -22,7 +21,6 @@ from types import FrameType
 
 import httpx
 import uvicorn
-import uvloop
 from fastapi import FastAPI
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -242,16 +240,13 @@ def serve(service: str) -> int:
     app = service_factories()[service]()
     settings = app.state.runtime.settings
     configure_logging(settings.log)
-    # libuv's loop for every loop of the process: uvicorn's, which the API, Faust's
-    # agents, the producers and pymongo share, and the one Faust's consumer thread makes
-    # for itself.
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        # libuv's loop and a C parser: Faust, aiokafka and pymongo run on this loop too
         loop="uvloop",
-        http="httptools",  # a C parser
+        http="httptools",
         log_config=None,
         access_log=False,
     )

@@ -244,7 +244,8 @@ def serve(service: str) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        # libuv's loop and a C parser: Faust, aiokafka and pymongo run on this loop too
+        # libuv's loop and a C parser. The API, Faust's agents, the Kafka producers and
+        # pymongo share this loop; Faust's consumer thread keeps an asyncio loop of its own.
         loop="uvloop",
         http="httptools",
         log_config=None,

@@ -104,7 +104,7 @@ class RouterRepository:
         if items:
             await self.items.bulk_write(
                 [
-                    UpdateOne({"_id": item["_id"]}, {"$set": {"enqueued_ms": as_ms(item)}})
+                    UpdateOne({"_id": item["_id"]}, {"$set": {"enqueued_ms": enqueued_ms_of(item)}})
                     for item in items
                 ],
                 ordered=False,
@@ -360,7 +360,7 @@ class RouterRepository:
         return await cursor.to_list(length=limit)
 
 
-def as_ms(item: Document) -> int:
+def enqueued_ms_of(item: Document) -> int:
     enqueued: datetime = item["enqueued_at"]
     return epoch_ms(enqueued if enqueued.tzinfo else enqueued.replace(tzinfo=UTC))
 

@@ -6,12 +6,14 @@ so tests never see each other's data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from shared.embedded import EmbeddedStack, free_port
+from shared.mongo import Document
 from tests.support import unique
 
 
@@ -35,3 +37,11 @@ def namespace() -> str:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture
+async def client(stack: EmbeddedStack) -> AsyncIterator[AsyncMongoClient[Document]]:
+    """A client of the embedded store, as the services make theirs (aware datetimes)."""
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
+    yield mongo
+    await mongo.close()

@@ -30,7 +30,7 @@ from shared.events import (
     assignment_type,
     utcnow,
 )
-from shared.mongo import epoch_ms
+from shared.mongo import Document, epoch_ms
 from tests.support import (
     Receiver,
     admin_headers,
@@ -436,14 +436,10 @@ def assert_all_signed(desk: Receiver, secret: str) -> None:
 
 
 @pytest.fixture
-async def repository(stack: EmbeddedStack, namespace: str) -> AsyncIterator[NotifyRepository]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
-    try:
-        repository = NotifyRepository(client[f"{namespace}_notify"])
-        await repository.ensure_indexes()
-        yield repository
-    finally:
-        await client.close()
+async def repository(client: AsyncMongoClient[Document], namespace: str) -> NotifyRepository:
+    repository = NotifyRepository(client[f"{namespace}_notify"])
+    await repository.ensure_indexes()
+    return repository
 
 
 async def test_workers_claiming_at_once_never_take_the_same_delivery(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -33,13 +32,6 @@ class Note(BaseModel):
 def note(event_id: str) -> tuple[str, str, CloudEvent[Note]]:
     event = CloudEvent[Note](id=event_id, source="test", type="test.note", data=Note(text=event_id))
     return TOPIC, "key", event
-
-
-@pytest.fixture
-async def client(stack: EmbeddedStack) -> AsyncIterator[AsyncMongoClient[Document]]:
-    mongo: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
-    yield mongo
-    await mongo.close()
 
 
 @pytest.fixture

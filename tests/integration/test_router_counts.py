@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from services.router.repository import HOLDING, PRIORITIES, WAITING, QueueCounts, RouterRepository
-from shared.embedded import EmbeddedStack
 from shared.mongo import Document, epoch_ms
 
 STATES = ("queued", "offered", "accepted", "resolved")
@@ -24,14 +21,10 @@ START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def repository(stack: EmbeddedStack, namespace: str) -> AsyncIterator[RouterRepository]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
-    try:
-        repository = RouterRepository(client[f"{namespace}_router"])
-        await repository.ensure_indexes()
-        yield repository
-    finally:
-        await client.close()
+async def repository(client: AsyncMongoClient[Document], namespace: str) -> RouterRepository:
+    repository = RouterRepository(client[f"{namespace}_router"])
+    await repository.ensure_indexes()
+    return repository
 
 
 def random_items(count: int, seed: int = 7) -> list[Document]:

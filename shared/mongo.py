@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
@@ -44,6 +44,12 @@ def epoch_ms(at: datetime) -> int:
     no longer compares as a time; an integer behaves the same in MongoDB and in it.
     """
     return int(at.timestamp() * 1000)
+
+
+def as_utc(at: datetime) -> datetime:
+    """A datetime read back from the store, aware: a client made without ``tz_aware``
+    (the services' are made with it) reads naive UTC."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def only_duplicates(error: BulkWriteError) -> bool:

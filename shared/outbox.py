@@ -40,7 +40,7 @@ from shared.grouping import GroupWriter
 from shared.kafka import create_producer, end_offsets, ensure_topics
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, epoch_ms, insert_refusing_duplicates
+from shared.mongo import Document, as_utc, epoch_ms, insert_refusing_duplicates
 from shared.settings import KafkaSettings
 
 log = get_logger(__name__)
@@ -433,8 +433,7 @@ def _moved(mark: Document) -> Document:
 
 
 def _stored_time(entry: Document) -> datetime:
-    stored: datetime = entry["stored_at"]
-    return stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+    return as_utc(entry["stored_at"])
 
 
 def _entry(topic: str, key: str, event: CloudEvent[Any]) -> Document:

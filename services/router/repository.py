@@ -17,7 +17,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
@@ -25,7 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.events import derived_event_id
-from shared.mongo import Document, epoch_ms, insert_new
+from shared.mongo import Document, as_utc, epoch_ms, insert_new
 
 # The most agents a decision step lists (and a batch of offers chooses among at once).
 CANDIDATES_READ = 200
@@ -361,8 +361,7 @@ class RouterRepository:
 
 
 def enqueued_ms_of(item: Document) -> int:
-    enqueued: datetime = item["enqueued_at"]
-    return epoch_ms(enqueued if enqueued.tzinfo else enqueued.replace(tzinfo=UTC))
+    return epoch_ms(as_utc(item["enqueued_at"]))
 
 
 # A step's candidates (one entry per agent) are kept as JSON text: they are only ever read

@@ -609,13 +609,17 @@ class RouterService:
         offered anything for a while has exactly the load of the items it holds."""
         quiet_since = epoch_ms(utcnow()) - int(self.settings.reconcile_after_s * 1000)
         freed = False
-        agents = await self.repository.list_agents(10_000)
-        if all(int(agent.get("last_offer_ms", 0)) > quiet_since for agent in agents):
+        # An agent offered something lately may have a reservation on its way to
+        # becoming an offer: only the quiet ones are recounted.
+        quiet = [
+            agent
+            for agent in await self.repository.list_agents(10_000)
+            if int(agent.get("last_offer_ms", 0)) <= quiet_since
+        ]
+        if not quiet:
             return
         held_by_agent = await self.repository.held_by_agent()
-        for agent in agents:
-            if int(agent.get("last_offer_ms", 0)) > quiet_since:
-                continue  # a reservation may be on its way to becoming an offer
+        for agent in quiet:
             held = held_by_agent[agent["_id"]]
             if held != agent["load"] and await self.repository.correct_load(agent, held):
                 log.warning(

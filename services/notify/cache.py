@@ -71,8 +71,9 @@ class FreshDeliveries:
     their way to its dispatcher in memory: no query looks for them and no second write
     leases them. At most ``room`` wait here; when it is full, new deliveries are stored due
     and claimed from the store like retries. One that waited so long that its lease would
-    not cover an attempt is dropped here: the store has it, and a claim takes it once its
-    lease has run out."""
+    not cover an attempt is given back: the dispatcher releases it in the store, where the
+    next claim takes it (left to its lease, it would wait for that to run out, 30 s and
+    more, behind a backlog that had long gone)."""
 
     def __init__(self, room: int, lease: str) -> None:
         self.lease = lease
@@ -85,16 +86,20 @@ class FreshDeliveries:
     def add(self, deliveries: Collection[Document]) -> None:
         self._waiting.extend(deliveries)
 
-    def take(self, limit: int, now_ms: int, needed_ms: int) -> list[Document]:
-        """Up to ``limit`` deliveries, oldest first, each leased for ``needed_ms`` more."""
+    def take(self, limit: int, now_ms: int, needed_ms: int) -> tuple[list[Document], list[str]]:
+        """Up to ``limit`` deliveries, oldest first, each leased for ``needed_ms`` more; and
+        the ids of those passed over on the way, whose leases are too short, to release."""
         taken: list[Document] = []
+        stale: list[str] = []
         while self._waiting and len(taken) < limit:
             delivery = self._waiting.popleft()
             if delivery["next_attempt_ms"] - now_ms >= needed_ms:
                 taken.append(delivery)
             else:
-                log.info("fresh delivery left to its lease", delivery_id=delivery["_id"])
-        return taken
+                stale.append(delivery["_id"])
+        if stale:
+            log.info("fresh deliveries given back to the store", count=len(stale))
+        return taken, stale
 
     def drain(self) -> list[str]:
         """The ids of every delivery still waiting, which no longer wait."""

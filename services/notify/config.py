@@ -32,6 +32,9 @@ class NotifySettings(ServiceSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # How long a delivery handed to the dispatcher in memory may wait there; one that
+    # waits longer goes back to the store, since its lease would not cover an attempt.
+    hand_over_wait_s: float = Field(default=10.0, gt=0, le=20.0)
     # How long this process uses the subscriptions as it last read them: a change made
     # through another replica takes effect within it (one made here, at once).
     subscriptions_max_age_s: float = Field(default=1.0, ge=0)

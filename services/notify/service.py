@@ -344,10 +344,15 @@ class NotifyService:
                 await self._release_fresh()
 
     async def _next_deliveries(self, limit: int) -> list[Document]:
-        """Due deliveries from the store when it is time to look, then fresh ones."""
+        """Due deliveries from the store when it is time to look, then fresh ones. Fresh
+        ones that waited too long behind a backlog go back to the store, claimed next."""
         claimed = await self._claim_due(limit) if self._time_to_claim() else []
-        needed_ms = int((self.settings.webhook_timeout_s + 20) * 1000)
-        return claimed + self.fresh.take(limit - len(claimed), epoch_ms(utcnow()), needed_ms)
+        needed_ms = int((self.lease_s - self.settings.hand_over_wait_s) * 1000)
+        fresh, stale = self.fresh.take(limit - len(claimed), epoch_ms(utcnow()), needed_ms)
+        if stale:
+            await self._release(stale)
+            self._claim_soon()
+        return claimed + fresh
 
     def _time_to_claim(self) -> bool:
         return self._claim_now or time.monotonic() >= self._next_claim
@@ -373,7 +378,11 @@ class NotifyService:
     async def _release_fresh(self) -> None:
         """On the way out, make the deliveries still waiting here due for the next worker,
         rather than leaving them to their leases."""
-        ids = self.fresh.drain()
+        await self._release(self.fresh.drain())
+
+    async def _release(self, ids: list[str]) -> None:
+        """Make fresh deliveries due in the store; should the store not answer, their
+        leases still run out."""
         with contextlib.suppress(PyMongoError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await self.repository.release(ids, self.fresh.lease, utcnow())

@@ -533,3 +533,22 @@ async def test_deliveries_handed_over_but_not_begun_at_shutdown_go_out_at_once_a
 
     assert len({headers["webhook-id"] for headers, _ in desk.received}) == 10
     assert len(desk.received) == 10
+
+
+async def test_fresh_deliveries_kept_waiting_by_a_backlog_go_back_to_the_store(
+    notify: NotifyFactory,
+) -> None:
+    """A backlog in the store goes first; fresh deliveries that wait past
+    ``hand_over_wait_s`` meanwhile are released and claimed next, not left to leases
+    that run for 40 s."""
+    async with (
+        receiving(delay_s=0.3) as desk,
+        notify(max_concurrent_deliveries=1, hand_over_wait_s=0.5) as service,
+    ):
+        await service.subscribe(desk.url)
+        await service.send(*(offered() for _ in range(12)))
+        await eventually(lambda: at_least(desk.received, 12), timeout_s=15.0)
+        await _settle()
+
+    assert len({headers["webhook-id"] for headers, _ in desk.received}) == 12
+    assert len(desk.received) == 12

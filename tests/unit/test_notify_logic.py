@@ -239,13 +239,15 @@ def test_slack_format_is_a_text_message_naming_queue_and_customer() -> None:
     assert json.loads(body_for({}, offered()))["id"] == "e1"
 
 
-def test_fresh_deliveries_too_close_to_their_lease_end_are_left_to_the_store() -> None:
+def test_fresh_deliveries_too_close_to_their_lease_end_are_given_back() -> None:
     fresh = FreshDeliveries(room=3, lease="mine")
     fresh.add([{"_id": "old", "next_attempt_ms": 1_500}, {"_id": "new", "next_attempt_ms": 9_000}])
     assert fresh.room() == 1
 
     # At 1,000 ms, with 1,000 ms of lease needed, only "new" has enough left.
-    assert [d["_id"] for d in fresh.take(5, now_ms=1_000, needed_ms=1_000)] == ["new"]
+    taken, stale = fresh.take(5, now_ms=1_000, needed_ms=1_000)
+    assert [d["_id"] for d in taken] == ["new"]
+    assert stale == ["old"]
     assert fresh.room() == 3
 
 
@@ -253,6 +255,6 @@ def test_fresh_deliveries_are_taken_oldest_first_and_drained_on_the_way_out() ->
     fresh = FreshDeliveries(room=8, lease="mine")
     fresh.add([{"_id": f"d{n}", "next_attempt_ms": 10_000} for n in range(4)])
 
-    assert [d["_id"] for d in fresh.take(2, now_ms=0, needed_ms=1)] == ["d0", "d1"]
+    assert [d["_id"] for d in fresh.take(2, now_ms=0, needed_ms=1)[0]] == ["d0", "d1"]
     assert fresh.drain() == ["d2", "d3"]
-    assert fresh.take(2, now_ms=0, needed_ms=1) == []
+    assert fresh.take(2, now_ms=0, needed_ms=1) == ([], [])

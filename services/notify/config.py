@@ -34,6 +34,8 @@ class NotifySettings(ServiceSettings):
     poll_interval_s: float = Field(default=0.5, gt=0)
     # How long a delivery handed to the dispatcher in memory may wait there; one that
     # waits longer goes back to the store, since its lease would not cover an attempt.
+    # A lease runs 30 s past the webhook timeout (``NotifyService.lease_s``); at most 20
+    # of them go to waiting, so an attempt always has 10 s left to be recorded.
     hand_over_wait_s: float = Field(default=10.0, gt=0, le=20.0)
     # How long this process uses the subscriptions as it last read them: a change made
     # through another replica takes effect within it (one made here, at once).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -202,6 +203,26 @@ def service_app(
     for router in (*routers, keys_api, audit_api):
         app.include_router(router)
     require_access_rules(app)
+    return app
+
+
+def freeze_heap_after_startup(app: FastAPI) -> FastAPI:
+    """Leave what start-up built (modules, models, clients) out of every later collection.
+
+    A full collection walked all of it: 100 to 150 ms, during which the service's event
+    loop and every item in flight waited. Objects made after start-up are still collected.
+    For a service's own process: a freeze holds for the whole process.
+    """
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with started(app) as state:
+            gc.collect()
+            gc.freeze()
+            yield state
+
+    app.router.lifespan_context = lifespan
     return app
 
 

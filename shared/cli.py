@@ -237,7 +237,9 @@ def service_factories() -> dict[str, Callable[[], FastAPI]]:
 
 
 def serve(service: str) -> int:
-    app = service_factories()[service]()
+    from shared.app import freeze_heap_after_startup
+
+    app = freeze_heap_after_startup(service_factories()[service]())
     settings = app.state.runtime.settings
     configure_logging(settings.log)
     uvicorn.run(

@@ -238,7 +238,9 @@ def service_factories() -> dict[str, Callable[[], FastAPI]]:
 
 def serve(service: str) -> int:
     from shared.app import freeze_heap_after_startup
+    from shared.metrics import time_collections
 
+    time_collections(service)
     app = freeze_heap_after_startup(service_factories()[service]())
     settings = app.state.runtime.settings
     configure_logging(settings.log)

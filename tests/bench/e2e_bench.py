@@ -362,6 +362,9 @@ def service_time(service: str, d: Samples) -> dict[str, Any]:
         "store_documents": int(total(d, f"{prefix}_store_documents_total")),
         "store_seconds": round(total(d, f"{prefix}_store_command_seconds_total"), 2),
         "store_by_collection": store_by_collection(prefix, d),
+        # Time the process stood still collecting garbage, and its full collections.
+        "gc_pause_ms": round(total(d, f"{prefix}_gc_pause_seconds_sum") * 1000, 1),
+        "full_collections": int(total(d, f"{prefix}_gc_pause_seconds_count", generation="2")),
     }
     if service == "ingest":
         post_ms, posts = mean_ms("http_request_seconds", method="POST", route="/v1/interactions")
@@ -848,7 +851,7 @@ def print_time(results: dict[str, Any], phase: str) -> None:
     print(
         f"  {'process':32} {'cores':>6} {'in':>7} {'out':>7} {'batches':>8} "
         f"{'ms/batch':>9} {'busy s':>7} {'publish lag ms':>15} "
-        f"{'store cmds':>10} {'docs':>7} {'store s':>8}"
+        f"{'store cmds':>10} {'docs':>7} {'store s':>8} {'gc ms':>6}"
     )
     services = figures["services"]
     for name, cores in figures["cpu_cores"].items():
@@ -860,7 +863,8 @@ def print_time(results: dict[str, Any], phase: str) -> None:
             f"  {name:32} {cores:6.2f} {s['events_in']:7d} {s['events_out']:7d} "
             f"{s['batches_handled']:8d} {s['handle_ms_per_batch'] or math.nan:9.1f} "
             f"{s['handle_seconds_total']:7.1f} {s['publish_lag_ms_mean'] or math.nan:15.1f} "
-            f"{s['store_commands']:10d} {s['store_documents']:7d} {s['store_seconds']:8.1f}"
+            f"{s['store_commands']:10d} {s['store_documents']:7d} {s['store_seconds']:8.1f} "
+            f"{s['gc_pause_ms']:6.0f}"
         )
     ingest, notify = services["ingest"], services["notify"]
     print(

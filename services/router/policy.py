@@ -24,6 +24,8 @@ from shared.events import EnrichedInteraction
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 Skill = Annotated[str, Field(min_length=1, max_length=64)]
 Priority = Annotated[int, Field(ge=1, le=5)]
+# Up to 30 days: a target beyond that is no target, and a due time must stay a date.
+SlaSeconds = Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)]
 
 CONDITION_VARIABLES = {
     "customer": "id, tier, value, prospect",
@@ -45,7 +47,13 @@ class QueueIn(BaseModel):
 
     name: Name
     # First-response targets in seconds for priorities 1..5: waiting longer is a breach.
-    sla_s: tuple[float, float, float, float, float] = (900.0, 1800.0, 3600.0, 14_400.0, 86_400.0)
+    sla_s: tuple[SlaSeconds, SlaSeconds, SlaSeconds, SlaSeconds, SlaSeconds] = (
+        900.0,
+        1800.0,
+        3600.0,
+        14_400.0,
+        86_400.0,
+    )
     required_skills: list[Skill] = Field(default_factory=list, max_length=16)
     overflow: Name | None = Field(default=None, description="Where a breached item moves")
     offer_timeout_s: float | None = Field(default=None, gt=0, le=86_400)
@@ -200,11 +208,13 @@ class Policy:
 
 
 def evaluate(rule: RuleIn, program: cel.Program, context: cel.Context) -> RuleOutcome:
-    """A condition that fails at run time (say, compares a string to a number) or does
-    not yield a boolean counts as not matching, and says why."""
+    """A condition that fails at run time (compares a string to a number, names a field
+    the item lacks, divides by zero, indexes past the end) or does not yield a boolean
+    counts as not matching, and says why. Whatever the CEL library raises: one bad rule
+    must not stop every item from being routed."""
     try:
         value = program.execute(context)
-    except (ValueError, RuntimeError, TypeError) as error:
+    except Exception as error:
         return RuleOutcome(rule.name, rule.when, "error", str(error))
     if not isinstance(value, bool):
         return RuleOutcome(rule.name, rule.when, "error", f"yields {value!r}, not true or false")

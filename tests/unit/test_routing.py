@@ -8,7 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.router.policy import DEFAULT_POLICY, Policy, PolicyError, PolicyIn
+from services.router.service import new_item
 from shared.events import EnrichedInteraction, utcnow
+from shared.mongo import epoch_ms
 
 
 def enriched(
@@ -166,3 +168,43 @@ def test_a_policy_naming_an_undefined_queue_is_refused() -> None:
                 "default_queue": "general",
             }
         )
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        'customer.teir == "gold"',  # a field the item lacks
+        "author.followers / 0 > 1",  # division by zero
+        'words[5] == "help"',  # past the end of the words
+        "9223372036854775807 + 1 > 0",  # past the largest integer
+    ],
+)
+def test_any_failure_of_a_condition_is_an_error_outcome_not_a_stop(when: str) -> None:
+    rules = policy(("bad", when, "odd", 1), ("valued", 'customer.tier == "gold"', "vip", 2))
+
+    decision = rules.decide(enriched(tier="gold"))
+
+    assert (decision.rule, decision.queue) == ("valued", "vip")
+    assert decision.trace[0].result == "error"
+    assert decision.trace[0].error
+
+
+@pytest.mark.parametrize("sla", [0.0, -1.0, 31 * 86_400.0, 1e309, float("nan")])
+def test_a_target_time_out_of_range_is_refused_by_position(sla: float) -> None:
+    targets = [900.0, sla, 3600.0, 14_400.0, 86_400.0]
+    with pytest.raises(ValidationError) as raised:
+        PolicyIn.model_validate(
+            {"queues": [{"name": "general", "sla_s": targets}], "default_queue": "general"}
+        )
+
+    assert [error["loc"] for error in raised.value.errors()] == [("queues", 0, "sla_s", 1)]
+
+
+def test_the_longest_target_time_still_gives_an_item_a_due_time() -> None:
+    rules = policy(general={"sla_s": [30 * 86_400.0] * 5})
+    item = enriched()
+    decision = rules.decide(item)
+
+    stored = new_item(item, decision, rules.sla_s(decision.queue, decision.priority), None)
+
+    assert stored["sla_due_ms"] > epoch_ms(utcnow()) + 29 * 86_400_000

@@ -147,7 +147,7 @@ def service_app(
     startup: Sequence[StartupStep] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     extra_checks: Sequence[ReadinessCheck] = (),
-    streamed: Sequence[str] = (),
+    streamed: Sequence[tuple[str, str]] = (),
     outboxes: Sequence[Outbox] = (),
 ) -> FastAPI:
     """A service's FastAPI app with health, metrics, errors and a lifespan that runs it all:

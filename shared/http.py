@@ -113,16 +113,19 @@ def add_health_routes(app: FastAPI, checks: Sequence[ReadinessCheck]) -> None:
 
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is a 413 naming the body, never
-    read into memory. Paths ending in one of ``streamed`` read their own bodies under
-    their own limits (bulk imports)."""
+    read into memory. The ``streamed`` routes, as (method, exact path), read their own
+    bodies under their own limits (bulk imports). Exact: a path that merely ends like
+    one (``/v1/customers/x:import``) would let any caller past the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, streamed: Sequence[str] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streamed: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.streamed = tuple(streamed)
+        self.streamed = frozenset(streamed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or str(scope["path"]).endswith(self.streamed):
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.streamed:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

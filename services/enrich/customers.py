@@ -173,7 +173,12 @@ async def csv_rows(lines: AsyncIterable[tuple[int, str]]) -> AsyncIterator[Parse
         record, first = (f"{record}\n{text}", first) if record else (text, number)
         if record.count('"') % 2:
             continue  # inside a quoted cell: the record goes on on the next line
-        values = next(csv.reader([record]), [])
+        try:
+            values = next(csv.reader([record]), [])
+        except csv.Error as error:  # a cell over the csv module's limit, say
+            yield first, RowProblem(first, f"unreadable CSV: {error}")
+            record = ""
+            continue
         record = ""
         if not any(value.strip() for value in values):
             continue

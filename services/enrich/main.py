@@ -28,7 +28,10 @@ def create_app(settings: EnrichSettings) -> FastAPI:
         settings.kafka.topics.received, stream.received_handler(service, runtime.metrics)
     )
     app = service_app(
-        runtime, [api.router], startup=[repository.ensure_indexes], streamed=[":import"]
+        runtime,
+        [api.router],
+        startup=[repository.ensure_indexes],
+        streamed=[("POST", "/v1/customers:import")],
     )
     service.spans = runtime.spans
     app.state.service = service

@@ -483,3 +483,29 @@ async def test_spans_go_to_the_otlp_endpoint_under_the_interactions_trace(
     assert [s.name for s in spans] == ["enrich"]
     assert spans[0].trace_id.hex() == trace_id(traceparent)
     assert spans[0].parent_span_id.hex() == traceparent.split("-")[2]
+
+
+async def test_a_csv_cell_too_large_to_read_is_a_bad_line_not_a_failed_import(
+    enrich: Enrich,
+) -> None:
+    huge = "x" * 200_000  # over the csv module's 131,072-character field limit
+    csv_text = f"crm_id,name,tier\nc1,Ada,gold\nc2,{huge},gold\nc3,Grace,gold\n"
+
+    report = await import_body(enrich, csv_text.encode(), "text/csv")
+
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert (body["imported"], body["rejected"]) == (2, 1)
+    assert [problem["line"] for problem in body["problems"]] == [3]
+    assert "field larger than field limit" in body["problems"][0]["reason"]
+
+
+async def test_only_the_import_route_reads_a_body_over_the_limit(enrich: Enrich) -> None:
+    huge = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+
+    lookalike = await enrich.http.patch("/v1/customers/x:import", content=huge)
+    real = await import_body(enrich, b"crm_id,name\nc1,Ada\n" + b"#" * len(huge), "text/csv")
+
+    assert lookalike.status_code == 413
+    assert lookalike.json()["detail"][0]["field"] == "body"
+    assert real.status_code == 200, real.text

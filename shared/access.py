@@ -37,13 +37,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, Field, SecretStr, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, SecretStr, field_validator, model_validator
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -69,6 +69,7 @@ class Principal:
 
 
 KEY_TRUSTED_S = 5.0
+KEY_LIFETIME_AT_MOST = timedelta(days=36_525)
 KEYS_TRUSTED_AT_MOST = 10_000  # beyond, the trust is forgotten and built up again
 
 
@@ -351,14 +352,26 @@ class KeyIn(BaseModel):
     )
     expires_at: AwareDatetime | None = None
 
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_in_the_future_within_reach(cls, moment: datetime | None) -> datetime | None:
+        """Within a century: a later one is no expiry (leave it out), and one past the
+        year 9999 in UTC (``9999-12-31T23:59:59-14:00``) could not be read back, which
+        made the key impossible to list or revoke."""
+        if moment is None:
+            return None
+        if moment <= utcnow():
+            raise ValueError("must be in the future")
+        if moment > utcnow() + KEY_LIFETIME_AT_MOST:
+            raise ValueError("must be within 100 years; leave it out for a key that never expires")
+        return moment
+
     @model_validator(mode="after")
     def _subject_matches_role(self) -> KeyIn:
         if self.role in SUBJECT_ROLES and self.subject is None:
             raise ValueError(f"subject: a {self.role.value} key must name its {self.role.value}")
         if self.role not in SUBJECT_ROLES and self.subject is not None:
             raise ValueError(f"subject: a {self.role.value} key speaks for no one")
-        if self.expires_at is not None and self.expires_at <= utcnow():
-            raise ValueError("expires_at: must be in the future")
         return self
 
 

@@ -89,7 +89,10 @@ class FeedPoller:
                 if feed is None:
                     await asyncio.sleep(self.tick_s)
                     continue
-                await self.poll(client, feed)
+                try:
+                    await self.poll(client, feed)
+                except Exception as exc:  # the poller outlives any one feed; its claim expires
+                    log.error("feed poll crashed", feed_id=feed["_id"], error=repr(exc)[:300])
 
     async def _claim(self) -> Document | None:
         with contextlib.suppress(Exception):
@@ -104,7 +107,8 @@ class FeedPoller:
                 await self._polled(feed, {})
                 return
             response.raise_for_status()
-        except (httpx.HTTPError, EndpointRefused) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, EndpointRefused, ValueError) as exc:
+            # ValueError: an address that cannot be vetted (a redirect to port 99999, say)
             await self._failed(feed, repr(exc))
             return
         parsed = feedparser.parse(response.content)
@@ -152,7 +156,7 @@ class FeedPoller:
 
     async def _failed(self, feed: Document, error: str) -> None:
         failures = int(feed["failures"]) + 1
-        backoff = min(timedelta(seconds=feed["poll_interval_s"] * 2**failures), MAX_BACKOFF)
+        backoff = failed_poll_backoff(feed["poll_interval_s"], failures)
         log.warning("feed poll failed", feed_id=feed["_id"], failures=failures, error=error[:300])
         await self.repository.update_feed(
             feed["_id"],
@@ -162,6 +166,12 @@ class FeedPoller:
                 "next_poll_ms": epoch_ms(utcnow() + backoff),
             },
         )
+
+
+def failed_poll_backoff(interval_s: float, failures: int) -> timedelta:
+    """The interval doubled for each failure in a row, at most ``MAX_BACKOFF``; capped
+    before it is a timedelta, which overflows past about 2.7 million years."""
+    return timedelta(seconds=min(interval_s * 2 ** min(failures, 32), MAX_BACKOFF.total_seconds()))
 
 
 def _conditional_headers(feed: Document) -> dict[str, str]:

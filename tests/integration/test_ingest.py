@@ -576,6 +576,29 @@ async def test_a_failing_feed_backs_off_and_says_why(ingest: Ingest) -> None:
     assert len(server.requests) - polls <= 1
 
 
+async def test_a_redirect_to_an_address_that_cannot_be_vetted_is_a_failed_poll(
+    ingest: Ingest,
+) -> None:
+    server = FeedServer([("t-1", "hello")])
+    server_app = server.app()
+
+    @server_app.get("/odd.xml")
+    async def odd() -> Response:
+        server.requests.append({"odd": "yes"})
+        return Response(status_code=302, headers={"location": "http://1.1.1.1:99999/x"})
+
+    async with serving(server_app) as url:
+        await ingest.http.post(
+            "/v1/feeds",
+            json={"url": f"{url}/odd.xml", "poll_interval_s": 1},
+            headers=admin_headers(),
+        )
+        # Failing twice means the poller outlived the first: it used to die on it unheard.
+        [feed] = await eventually(lambda: _failing_feeds(ingest, 2), timeout_s=20)
+
+    assert "Port out of range" in feed["last_error"]
+
+
 async def _failing_feeds(ingest: Ingest, failures: int) -> list[dict[str, Any]]:
     feeds: list[dict[str, Any]] = (
         await ingest.http.get("/v1/feeds", headers=admin_headers())

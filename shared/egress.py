@@ -23,6 +23,13 @@ class EndpointRefused(ValueError):
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Not public, though ``is_global`` says so before Python 3.11.10 / 3.12.4 (CVE-2024-4032):
+# local-use NAT64 (which reaches 169.254.169.254 as 64:ff9b:1::a9fe:a9fe), IPv4-translated
+# addresses, deprecated site-local IPv6 and the IETF's own IPv4 block (192.0.0.8, say).
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(network)
+    for network in ("64:ff9b:1::/48", "::ffff:0:0:0/96", "fec0::/10", "192.0.0.0/24")
+)
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -42,6 +49,8 @@ def _forbidden(address: str) -> bool:
         embedded = _embedded_ipv4(ip)
         if embedded is not None and _forbidden(str(embedded)):
             return True
+    if any(ip in network for network in _NOT_PUBLIC):
+        return True
     return not ip.is_global or ip.is_multicast
 
 
@@ -62,7 +71,10 @@ async def resolve_endpoint(url: str, allow_hosts: Collection[str]) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EndpointRefused("must be an http or https URL with a host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # out of range, or not a number
+        raise EndpointRefused(f"bad port: {exc}") from exc
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             parts.hostname, port, type=socket.SOCK_STREAM

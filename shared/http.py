@@ -29,9 +29,14 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     out = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
+        reason = str(error.get("msg", "invalid"))
+        if error.get("type") == "json_invalid":  # located by a character, not a field
+            why = error.get("ctx", {}).get("error", "")
+            out.append({"field": "body", "reason": f"{reason}: {why} at character {loc[-1]}"})
+            continue
         if loc and loc[0] in ("body", "query", "path", "header"):  # where, not which field
             loc = loc[1:]
-        out.append({"field": ".".join(loc) or "body", "reason": str(error.get("msg", "invalid"))})
+        out.append({"field": ".".join(loc) or "body", "reason": reason})
     return out
 
 

@@ -69,7 +69,8 @@ async def search_customers(
     handle: Annotated[str | None, Query(max_length=256)] = None,
     channel: Channel | None = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
-    name: Annotated[str | None, Query(max_length=256)] = None,
+    # No control characters: MongoDB refuses a pattern with a NUL in it.
+    name: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
     tier: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,

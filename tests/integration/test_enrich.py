@@ -509,3 +509,12 @@ async def test_only_the_import_route_reads_a_body_over_the_limit(enrich: Enrich)
     assert lookalike.status_code == 413
     assert lookalike.json()["detail"][0]["field"] == "body"
     assert real.status_code == 200, real.text
+
+
+async def test_a_name_search_with_a_control_character_is_refused_naming_it(enrich: Enrich) -> None:
+    answer = await enrich.http.get(
+        "/v1/customers", params={"name": "Ada\x00"}, headers=admin_headers()
+    )
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["field"] == "name"

@@ -31,3 +31,20 @@ def test_field_errors_keep_list_indices_and_strip_query_prefix() -> None:
 
 def test_field_errors_default_the_reason_when_msg_is_missing() -> None:
     assert field_errors([{"loc": ("body", "text")}]) == [{"field": "text", "reason": "invalid"}]
+
+
+def test_a_body_that_is_not_json_is_named_as_the_body_with_where_it_breaks() -> None:
+    error = {
+        "type": "json_invalid",
+        "loc": ("body", 1),
+        "msg": "JSON decode error",
+        "ctx": {"error": "Expecting property name enclosed in double quotes"},
+    }
+
+    assert field_errors([error]) == [
+        {
+            "field": "body",
+            "reason": "JSON decode error: Expecting property name enclosed in double quotes"
+            " at character 1",
+        }
+    ]

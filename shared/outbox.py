@@ -550,7 +550,10 @@ class OutboxRelay:
         self.backlog = metrics.outbox_backlog.labels(outbox=outbox.collection.name)
         self._producer: AIOKafkaProducer | None = None
         self._last_probe = 0.0
-        self._lost_elsewhere: str | None = None  # why, when the loss was seen elsewhere
+        # A replay owed: why, and whether this relay saw the loss (then the service's
+        # consumers must hear of it too). Kept until the replay is done, so that a store
+        # failure midway retries it rather than forgetting the loss.
+        self._replay_owed: tuple[str, bool] | None = None
         # Marking batches published runs while the next ones are sent: the two wait on
         # different servers. The batches sent meanwhile, and within ``mark_every_s`` of
         # the last mark, are marked together: one insert per writer instead of one per
@@ -568,9 +571,12 @@ class OutboxRelay:
         try:
             while True:
                 try:
-                    await self._republish_if_told()
+                    await self._replay_if_owed()
                     published = await self.publish_pending()
                     await self._tidy_when_due()
+                    if published < self.batch and self._replay_owed is None:
+                        await self._wait_for_work()
+                        await self._probe_when_due()
                     delay = 0.2
                 except (KafkaError, PyMongoError, OSError) as exc:
                     self.outbox.need_store_read()  # what it held may be unsent: read again
@@ -578,10 +584,6 @@ class OutboxRelay:
                     await self._drop_producer()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-                    continue
-                if published < self.batch:
-                    await self._wait_for_work()
-                    await self._probe_when_due()
         finally:
             with contextlib.suppress(TimeoutError):  # unmarked entries are sent again
                 await asyncio.wait_for(self._marked(), timeout=2.0)
@@ -619,7 +621,7 @@ class OutboxRelay:
         sent = await asyncio.gather(*deliveries)
         await self._mark_soon(batch)
         if self.memory.acknowledged(sent):
-            await self._noticed_loss("offsets went backwards on a send")
+            self._owe_replay("offsets went backwards on a send", seen_here=True)
         now = utcnow()
         for topic, count in collections.Counter(entry["topic"] for entry in entries).items():
             self.metrics.events_out.labels(topic=topic).inc(count)
@@ -646,23 +648,31 @@ class OutboxRelay:
             log.info("outbox probe failed", error=repr(exc))
             return
         if self.memory.probed(ends):
-            await self._noticed_loss("a partition ends before it did")
+            self._owe_replay("a partition ends before it did", seen_here=True)
 
     def republish_window(self, why: str) -> None:
         """Publish the recent window again at the relay's next turn: the broker lost data,
         seen by something other than this relay (the service's consumers)."""
-        self._lost_elsewhere = why
+        self._owe_replay(why, seen_here=False)
+
+    def _owe_replay(self, why: str, seen_here: bool) -> None:
+        if self._replay_owed is not None:
+            seen_here = seen_here or self._replay_owed[1]
+        self._replay_owed = (why, seen_here)
         self.outbox.wakeup.set()
 
-    async def _republish_if_told(self) -> None:
-        if self._lost_elsewhere is not None:
-            await self._republish(self._lost_elsewhere)
-            self._lost_elsewhere = None  # only once it is done: a failure retries it
-
-    async def _noticed_loss(self, why: str) -> None:
-        await self._republish(why)
-        if self.on_broker_lost is not None:  # what this service consumed was lost too
-            await self.on_broker_lost()
+    async def _replay_if_owed(self) -> None:
+        owed, self._replay_owed = self._replay_owed, None
+        if owed is None:
+            return
+        why, seen_here = owed
+        try:
+            await self._republish(why)
+            if seen_here and self.on_broker_lost is not None:  # what it consumed was lost too
+                await self.on_broker_lost()
+        except BaseException:
+            self._owe_replay(why, seen_here)  # not done: the next turn tries again
+            raise
 
     async def _mark_soon(self, batch: Batch) -> None:
         if self._marking is not None and self._marking.done():

@@ -30,6 +30,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
 
 
 @pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
+    """A broker and store of this test's own, for tests that stop the broker."""
+    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
+    own.start()
+    yield own
+    own.stop()
+
+
+@pytest.fixture
 def namespace() -> str:
     return unique()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from pymongo import AsyncMongoClient
 from services.ingest.config import IngestSettings
 from services.ingest.main import create_app
 from services.ingest.service import InteractionIn, author_key, received_event
-from shared.embedded import EmbeddedStack, free_port
+from shared.embedded import EmbeddedStack
 from shared.events import (
     INTERACTION_RECEIVED,
     Interaction,
@@ -64,15 +64,6 @@ async def running_ingest(
         )
         assert created.status_code == 201
         yield Ingest(http, settings, created.json()["api_key"])
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
-    """A broker and store of this test's own, for tests that stop the broker."""
-    own = EmbeddedStack(tmp_path / "own", broker_port=free_port(), store_port=free_port())
-    own.start()
-    yield own
-    own.stop()
 
 
 async def post_many(ingest: Ingest, prefix: str, count: int) -> list[httpx.Response]:

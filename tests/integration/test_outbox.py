@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from shared.embedded import EmbeddedStack
 from shared.events import CloudEvent, utcnow
@@ -326,3 +327,39 @@ async def test_a_busy_relay_marks_the_batches_it_sent_meanwhile_together(
     assert await pending_in_store(outbox) == []
     # Ten adds of five, published as they came: one mark at once, the rest together.
     assert await outbox.marks.count_documents({}) < 10
+
+
+async def test_a_loss_the_relay_saw_is_replayed_even_if_the_first_replay_fails(
+    own_stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(own_stack.mongo_url, tz_aware=True)
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    settings = kafka_settings(own_stack.bootstrap_servers, namespace)
+    relay = OutboxRelay(outbox, settings, service_metrics("replay"), probe_interval_s=0.2)
+    replay = outbox.republish_since
+    failures: list[str] = []
+
+    async def fails_once(since: datetime) -> int:  # the store fails just then, once
+        if not failures:
+            failures.append("failed")
+            raise AutoReconnect("store gone for a moment")
+        return await replay(since)
+
+    running = asyncio.create_task(relay.run())
+    try:
+        await outbox.add([note(f"before-{n}") for n in range(5)])
+        await read_topic(settings, TOPIC, Note, expect=5)
+        own_stack.stop_broker()
+        own_stack.start_broker()  # empty: what was published is gone
+        outbox.republish_since = fails_once  # type: ignore[method-assign]
+        await outbox.add([note("after")])
+        events = await read_topic(settings, TOPIC, Note, expect=6, timeout_s=60)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await client.close()
+
+    assert failures == ["failed"]
+    assert {event.id for _, event in events} == {*(f"before-{n}" for n in range(5)), "after"}

@@ -350,11 +350,13 @@ class RouterRepository:
     async def online_agents(self) -> list[Document]:
         return await self.agents.find({"presence": {"$eq": "online"}}).to_list(length=None)
 
-    async def queued_items(self, limit: int) -> list[Document]:
-        """Waiting items, most urgent first: priority, then age."""
+    async def queued_items(self, limit: int, skip: int = 0) -> list[Document]:
+        """Waiting items, most urgent first: priority, then age, then id (so that pages
+        read one after another neither repeat nor miss an item)."""
         cursor = (
             self.items.find({"state": {"$eq": "queued"}})
-            .sort([("priority", ASCENDING), ("enqueued_at", ASCENDING)])
+            .sort([("priority", ASCENDING), ("enqueued_at", ASCENDING), ("_id", ASCENDING)])
+            .skip(skip)
             .limit(limit)
         )
         return await cursor.to_list(length=limit)

@@ -45,6 +45,8 @@ from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
 SOURCE = "/switchboard/router"
+# Queued items read at a time while offering waiting work: one read per page.
+DRAIN_PAGE = 200
 log = get_logger(__name__)
 Presence = Literal["online", "away", "offline"]
 
@@ -111,6 +113,10 @@ class Offer:
     agents: list[Document]
 
 
+def has_room(agent: Document) -> bool:
+    return agent.get("presence") == "online" and int(agent["free"]) > 0
+
+
 def best_agent(agents: Sequence[Document], item: Document) -> Document | None:
     """The agent ``RouterRepository.reserve_agent`` would choose among ``agents``: online,
     with every skill needed, not one that declined the item, with free capacity; the most
@@ -120,8 +126,7 @@ def best_agent(agents: Sequence[Document], item: Document) -> Document | None:
     able = [
         agent
         for agent in agents
-        if agent.get("presence") == "online"
-        and int(agent["free"]) > 0
+        if has_room(agent)
         and agent["_id"] not in declined
         and needed <= set(agent.get("skills", []))
     ]
@@ -518,14 +523,31 @@ class RouterService:
             return queue.offer_timeout_s
         return self.settings.offer_timeout_s
 
-    async def drain(self, limit: int = 100) -> None:
+    async def drain(self, page: int = DRAIN_PAGE) -> None:
         """Offer waiting work, most urgent first, while agents have room. An item nobody
-        online has the skills for is passed over, not allowed to block the ones behind."""
-        for item in await self.repository.queued_items(limit):
-            writes = Writes()  # written per offer: no redelivery would make it again
-            offered = await self.offer(item, writes)
-            await self.flush(writes)
-            if not offered and not await self.repository.any_free_agent():
+        online can take now (the skills, or they all declined it) is passed over, and the
+        queue read on past it: however many such items lead the queue, they must not keep
+        the ones behind from an agent who is free."""
+        passed_over = 0
+        while True:
+            agents = await self.repository.candidate_agents()
+            every_agent_read = len(agents) < CANDIDATES_READ  # else an able one may be unread
+            if every_agent_read and not any(has_room(agent) for agent in agents):
+                return
+            items = await self.repository.queued_items(page, skip=passed_over)
+            for item in items:
+                if every_agent_read and best_agent(agents, item) is None:
+                    passed_over += 1  # no store write to learn what is known already
+                    continue
+                writes = Writes(agents=agents)  # written per offer: no redelivery makes it
+                offered = await self.offer(item, writes)
+                await self.flush(writes)
+                agents = writes.agents or agents
+                if not offered:
+                    passed_over += 1
+                    if not await self.repository.any_free_agent():
+                        return
+            if len(items) < page:
                 return
 
     async def act(self, agent_id: str, item_id: str, action: Action) -> Document:

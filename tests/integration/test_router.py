@@ -19,6 +19,7 @@ from services.router.config import RouterSettings
 from services.router.decisions import step
 from services.router.main import create_app
 from services.router.repository import RECENT_RESERVATIONS, RouterRepository
+from services.router.service import DRAIN_PAGE
 from shared.embedded import EmbeddedStack
 from shared.events import (
     INTERACTION_ENRICHED,
@@ -455,6 +456,28 @@ async def test_skills_are_respected_and_do_not_block_the_queue(router: Router) -
     assert by_name["general"]["agents_load"] == 1
     assert 'switchboard_router_queue_depth{priority="1",queue="spanish"} 1.0' in metrics
     assert 'switchboard_router_agents_load{queue="general"} 1.0' in metrics
+
+
+async def test_any_number_of_items_nobody_can_take_do_not_hide_the_one_behind(
+    router: Router,
+) -> None:
+    await router.save_policy(SPANISH_POLICY)
+    generalist = await router.agent(presence="offline")
+    spanish = [enriched(text=f"hola {n}") for n in range(DRAIN_PAGE + 1)]  # over a page
+    english = enriched(text="hello, help")
+    await router.send(*spanish, english)
+    await eventually(lambda: _is_queued(router, english.interaction.id), timeout_s=30)
+
+    await router.http.put(
+        f"/v1/agents/{generalist}/presence", json={"presence": "online"}, headers=admin_headers()
+    )
+    [offer] = await router.offers(1, settle_s=1.0)
+
+    assert (offer.interaction_id, offer.agent_id) == (english.interaction.id, generalist)
+
+
+async def _is_queued(router: Router, interaction_id: str) -> bool:
+    return await router.item_state(interaction_id) == "queued"
 
 
 async def test_an_sla_breach_moves_the_item_to_its_overflow_queue(

@@ -681,11 +681,13 @@ class RouterService:
 
     async def report_queues(self) -> None:
         """Keeps the queue gauges current for Prometheus, and agents' load true, every
-        few seconds."""
+        few seconds; and offers waiting work a drain missed (a crash between an agent
+        freed and the drain that follows, or a drain the store failed)."""
         while True:
             try:
                 await self.queue_stats()
                 await self.reconcile_capacity()
+                await self.drain()
             except PyMongoError as exc:
                 log.warning("queue statistics failed, retrying", error=repr(exc))
             await asyncio.sleep(self.settings.stats_interval_s)

@@ -573,6 +573,27 @@ async def test_capacity_a_crashed_replica_reserved_is_given_back(
     assert (offer.interaction_id, offer.agent_id) == (item.interaction.id, agent)
 
 
+async def test_work_a_missed_drain_left_waiting_is_offered_all_the_same(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_router(stack, namespace, run_dir, stats_interval_s=0.2) as router:
+        agent = await router.agent(presence="offline")
+        item = enriched()
+        await router.send(item)
+        await eventually(lambda: _is_queued(router, item.interaction.id))
+        # What a router killed between freeing an agent and offering it work leaves: a
+        # free agent, an item waiting, and nothing on its way to bring them together.
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            router.settings.mongo.url.get_secret_value()
+        )
+        agents = client[router.settings.mongo.database("router")]["agents"]
+        await agents.update_one({"_id": agent}, {"$set": {"presence": "online"}})
+        [offer] = await router.offers(1, settle_s=0.5)
+        await client.close()
+
+    assert (offer.interaction_id, offer.agent_id) == (item.interaction.id, agent)
+
+
 async def test_an_item_nobody_can_take_yet_is_queued_then_offered(router: Router) -> None:
     item = enriched()
     await router.send(item)

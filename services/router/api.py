@@ -45,6 +45,10 @@ def agent_out(doc: dict[str, Any]) -> dict[str, Any]:
     return public(doc, hide=("reservations",))  # the router's own bookkeeping
 
 
+def item_out(doc: dict[str, Any]) -> dict[str, Any]:
+    return public(doc, hide=("owed", "owed_token", "owed_ms"))  # the router's own bookkeeping
+
+
 @router.post("/agents", status_code=status.HTTP_201_CREATED)
 async def register_agent(
     payload: AgentIn, service: Service, keys: Keys, caller: AdminKey
@@ -158,7 +162,7 @@ async def get_item(interaction_id: str, service: Service, caller: Caller) -> dic
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item")
     require_subject(caller, item.get("agent_id"), "item")
-    return public(item)
+    return item_out(item)
 
 
 @router.get("/items/{interaction_id}/decision", dependencies=[AdminOrOperator])
@@ -178,7 +182,7 @@ async def act_on_item(
     """accept or decline an offer; resolve accepted work; release it back to its queue.
     Only the agent the item is with may act on it."""
     try:
-        return public(await service.act(str(agent.subject), interaction_id, action))
+        return item_out(await service.act(str(agent.subject), interaction_id, action))
     except ItemNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item") from exc
     except NotYours as exc:

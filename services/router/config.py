@@ -18,3 +18,6 @@ class RouterSettings(ServiceSettings):
     # An agent offered nothing for this long has its load recounted from the items it
     # holds, giving back capacity a crashed replica reserved but never offered.
     reconcile_after_s: float = Field(default=30.0, gt=0)
+    # An event a change of an item owes and has not put in the outbox after this long was
+    # owed by a router stopped in between: the timers add it.
+    owed_after_s: float = Field(default=10.0, gt=0)

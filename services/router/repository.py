@@ -24,7 +24,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.events import derived_event_id
+from shared.events import derived_event_id, utcnow
 from shared.mongo import Document, as_utc, epoch_ms, insert_new
 
 # The most agents a decision step lists (and a batch of offers chooses among at once).
@@ -93,6 +93,7 @@ class RouterRepository:
         # What the timers look for every tick among the offered and waiting items.
         await self.items.create_index([("state", ASCENDING), ("offer_expires_ms", ASCENDING)])
         await self.items.create_index([("state", ASCENDING), ("sla_due_ms", ASCENDING)])
+        await self.items.create_index("owed_ms")
         await self.agents.create_index([("presence", ASCENDING), ("free", DESCENDING)])
         await self.note_enqueued_ms()
 
@@ -274,32 +275,56 @@ class RouterRepository:
         return await self.items.find_one({"_id": item_id})
 
     async def offer_item(
-        self, item_id: str, agent_id: str, at: datetime, expires_at: datetime
+        self, item: Document, agent_id: str, at: datetime, expires_at: datetime, owed: Document
     ) -> Document | None:
-        """Move a queued item to ``agent_id``; None if it is no longer queued."""
+        """Move a queued item to ``agent_id`` as its next offer, owing ``owed``; None if it
+        is no longer queued as read (another replica offered it meanwhile)."""
         return await self.items.find_one_and_update(
-            {"_id": item_id, "state": "queued"},
-            {
-                "$set": {
+            {"_id": item["_id"], "state": "queued", "offer": item["offer"]},
+            owing(
+                {
                     "state": "offered",
                     "agent_id": agent_id,
                     "offered_at": at,
                     "offer_expires_ms": epoch_ms(expires_at),
+                    "offer": int(item["offer"]) + 1,
                 },
-                "$inc": {"offer": 1},
-            },
+                owed,
+            ),
             return_document=ReturnDocument.AFTER,
         )
 
     async def transition(
-        self, item_id: str, agent_id: str, state: str, changes: Document
+        self, item_id: str, agent_id: str, state: str, changes: Document, owed: Document
     ) -> Document | None:
-        """Change an item that is still in ``state`` with ``agent_id``; None if it moved on."""
+        """Change an item that is still in ``state`` with ``agent_id``, owing ``owed``;
+        None if it moved on."""
         return await self.items.find_one_and_update(
             {"_id": item_id, "agent_id": agent_id, "state": state},
-            {"$set": changes},
+            owing(changes, owed),
             return_document=ReturnDocument.AFTER,
         )
+
+    async def settle(self, items: Sequence[Document]) -> None:
+        """Clear what ``items`` (as their owing change left them) owed, their events now
+        being in the outbox; an item that owes more since keeps it all."""
+        if items:
+            await self.items.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": item["_id"], "owed_token": item["owed_token"]},
+                        {"$unset": {"owed": "", "owed_token": "", "owed_ms": ""}},
+                    )
+                    for item in items
+                ],
+                ordered=False,
+            )
+
+    async def owing_items(self, before: datetime, limit: int = 100) -> list[Document]:
+        """Items whose owed events were not settled by ``before``: the router that made the
+        change stopped before its events were in the outbox."""
+        cursor = self.items.find({"owed_ms": {"$lte": epoch_ms(before)}}).limit(limit)
+        return await cursor.to_list(length=limit)
 
     async def expired_offers(self, now: datetime, limit: int = 100) -> list[Document]:
         cursor = self.items.find(
@@ -313,13 +338,13 @@ class RouterRepository:
         return await self.items_in(("queued", "offered"), overdue, limit)
 
     async def mark_breached(
-        self, item_id: str, now: datetime, escalation: Document
+        self, item_id: str, now: datetime, escalation: Document, owed: Document
     ) -> Document | None:
-        """Record the breach and its escalation once: None if it was already recorded (by
-        this or another replica)."""
+        """Record the breach and its escalation once, owing ``owed``: None if it was
+        already recorded (by this or another replica)."""
         return await self.items.find_one_and_update(
             {"_id": item_id, "sla_breached_ms": None},
-            {"$set": {"sla_breached_ms": epoch_ms(now), **escalation}},
+            owing({"sla_breached_ms": epoch_ms(now), **escalation}, owed),
             return_document=ReturnDocument.AFTER,
         )
 
@@ -360,6 +385,23 @@ class RouterRepository:
             .limit(limit)
         )
         return await cursor.to_list(length=limit)
+
+
+def owing(changes: Document, owed: Document) -> Document:
+    """An item's update that also records an event the change owes, in the same write: a
+    router stopped before the event is in the outbox leaves it for the timers to add. The
+    token tells the settling of this write from that of a later one."""
+    token = {"owed_token": uuid.uuid4().hex, "owed_ms": epoch_ms(utcnow())}
+    # As JSON text: the embedded store pushes a document as its text anyway.
+    return {
+        "$set": {**changes, **token},
+        "$push": {"owed": json.dumps(owed, separators=(",", ":"))},
+    }
+
+
+def owed_by(item: Document) -> list[Document]:
+    """What the owing changes of an item recorded, oldest first."""
+    return [json.loads(owed) for owed in item.get("owed", [])]
 
 
 def enqueued_ms_of(item: Document) -> int:

@@ -8,7 +8,7 @@ import collections
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from services.router.decisions import (
     waiting_step,
 )
 from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
-from services.router.repository import CANDIDATES_READ, QueueCounts, RouterRepository
+from services.router.repository import CANDIDATES_READ, QueueCounts, RouterRepository, owed_by
 from shared.events import (
     SLA_BREACHED,
     Assignment,
@@ -94,6 +94,8 @@ class Writes:
 
     events: list[OutboxEntry] = field(default_factory=list)
     steps: list[Document] = field(default_factory=list)
+    # Items whose owing change is written: settled once their events are in the outbox.
+    owing: list[Document] = field(default_factory=list)
     # The agents as the decision steps describe them: read once, then kept up to date
     # with this process's own reservations.
     agents: list[Document] | None = None
@@ -188,6 +190,20 @@ def new_item(
         "author_handle": interaction.author.handle,
         "text": interaction.text,
         "url": str(interaction.url) if interaction.url else None,
+    }
+
+
+def assignment_owed(status: AssignmentStatus, agent_id: str | None, offer: int) -> Document:
+    return {"kind": "assignment", "status": status.value, "agent_id": agent_id, "offer": offer}
+
+
+def breach_owed(item: Document, at: datetime) -> Document:
+    """What the breach event needs of the item as it was before its escalation."""
+    return {
+        "kind": SLA_BREACHED,
+        "queue": item["queue"],
+        "priority": item["priority"],
+        "at_ms": epoch_ms(at),
     }
 
 
@@ -302,6 +318,7 @@ class RouterService:
         while True:
             try:
                 await self.load_policy()
+                await self.pay_what_stopped_routers_owed()
                 await self.expire_offers()
                 await self.escalate_overdue()
             except PyMongoError as exc:
@@ -318,11 +335,13 @@ class RouterService:
                 "timed_out_at": utcnow(),
                 "declined_by": [*item.get("declined_by", []), agent_id],
             }
-            updated = await self.repository.transition(item["_id"], agent_id, "offered", changes)
+            owed = assignment_owed(AssignmentStatus.TIMED_OUT, agent_id, item["offer"])
+            updated = await self.repository.transition(
+                item["_id"], agent_id, "offered", changes, owed
+            )
             if updated is None:  # accepted or declined meanwhile
                 continue
-            event = assignment_event(updated, AssignmentStatus.TIMED_OUT, agent_id)
-            await self.outbox.add([(self.topics.assignments, item["_id"], event)])
+            await self.pay_owed([updated])
             why = f"offer {updated['offer']} not accepted in time: back to the queue"
             await self.repository.record_step(transition_step(updated, "timed_out", agent_id, why))
             log.info("offer timed out", interaction_id=item["_id"], agent_id=agent_id)
@@ -336,12 +355,12 @@ class RouterService:
         escalated_any = False
         for item in await self.repository.overdue_items(now):
             escalation = self.escalation(item)
-            breached = await self.repository.mark_breached(item["_id"], now, escalation)
+            owed = breach_owed(item, now)
+            breached = await self.repository.mark_breached(item["_id"], now, escalation, owed)
             if breached is None:
                 continue
             escalated_any = True
-            event = sla_breached_event(item, escalation, now)
-            await self.outbox.add([(self.topics.escalations, item["_id"], event)])
+            await self.pay_owed([breached])
             sla_breaches_counter().labels(item["queue"]).inc()
             why = (
                 f"waited past its SLA: moved to queue {escalation['queue']}"
@@ -489,8 +508,41 @@ class RouterService:
 
     async def flush(self, writes: Writes) -> None:
         """Events first: a crash before the steps loses explanation, never an event."""
-        await self.outbox.add(writes.events)
+        await self.outbox.add(writes.events + self.owed_events(writes.owing))
+        await self.repository.settle(writes.owing)
         await self.repository.record_steps(writes.steps)
+
+    async def pay_owed(self, items: Sequence[Document]) -> None:
+        """Put the events ``items`` owe (as their owing change left them) in the outbox,
+        and settle them."""
+        await self.outbox.add(self.owed_events(items))
+        await self.repository.settle(items)
+
+    async def pay_what_stopped_routers_owed(self) -> None:
+        """Events a change of an item owed and nobody put in the outbox (the router making
+        it was stopped in between): added now, under the ids they would have had."""
+        before = utcnow() - timedelta(seconds=self.settings.owed_after_s)
+        owing = await self.repository.owing_items(before)
+        if owing:
+            log.warning("adding events owed by a stopped router", items=len(owing))
+            await self.pay_owed(owing)
+
+    def owed_events(self, items: Sequence[Document]) -> list[OutboxEntry]:
+        """Every event each item owes: this change's, and any an earlier change left."""
+        return [self.owed_event(item, owed) for item in items for owed in owed_by(item)]
+
+    def owed_event(self, item: Document, owed: Document) -> OutboxEntry:
+        """The event an owing change recorded, built from the item as it is now with what
+        the change knew then (the offer, or the queue and priority before an escalation):
+        the same id as when it was first owed, so the outbox and consumers take it once."""
+        if owed["kind"] == SLA_BREACHED:
+            before = {**item, "queue": owed["queue"], "priority": owed["priority"]}
+            escalated = {"queue": item["queue"], "priority": item["priority"]}
+            at = datetime.fromtimestamp(owed["at_ms"] / 1000, UTC)
+            return self.topics.escalations, item["_id"], sla_breached_event(before, escalated, at)
+        status = AssignmentStatus(owed["status"])
+        event = assignment_event({**item, "offer": owed["offer"]}, status, owed["agent_id"])
+        return self.topics.assignments, item["_id"], event
 
     async def offer(self, item: Document, writes: Writes) -> bool:
         """Offer a queued item to the best available agent; False if nobody can take it."""
@@ -501,11 +553,12 @@ class RouterService:
             return False
         now = utcnow()
         expires = now + timedelta(seconds=self.offer_timeout_s(item["queue"]))
-        offered = await self.repository.offer_item(item["_id"], agent["_id"], now, expires)
+        owed = assignment_owed(AssignmentStatus.OFFERED, agent["_id"], int(item["offer"]) + 1)
+        offered = await self.repository.offer_item(item, agent["_id"], now, expires, owed)
         if offered is None:  # another replica got there first
             await self.repository.release_agent(agent["_id"])
             return True
-        writes.events.append((self.topics.assignments, offered["_id"], offered_event(offered)))
+        writes.owing.append(offered)
         writes.reserved(agent)
         writes.steps.append(offered_step(offered, await self.candidates(writes), agent))
         log.info(
@@ -571,12 +624,11 @@ class RouterService:
             changes["agent_id"] = None
         if action is Action.DECLINE:
             changes["declined_by"] = [*item.get("declined_by", []), agent_id]
-        updated = await self.repository.transition(item_id, agent_id, item["state"], changes)
+        owed = assignment_owed(rule.event, agent_id, item["offer"])
+        updated = await self.repository.transition(item_id, agent_id, item["state"], changes, owed)
         if updated is None:
             raise ActionRefused("the item changed meanwhile; look again")
-        await self.outbox.add(
-            [(self.topics.assignments, item_id, assignment_event(updated, rule.event, agent_id))]
-        )
+        await self.pay_owed([updated])
         why = f"{rule.event.value} by the agent" + (
             ": back to the queue" if rule.to_state == "queued" else ""
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from services.router.config import RouterSettings
 from services.router.decisions import step
 from services.router.main import create_app
 from services.router.repository import RECENT_RESERVATIONS, RouterRepository
-from services.router.service import DRAIN_PAGE
+from services.router.service import DRAIN_PAGE, RouterService
 from shared.embedded import EmbeddedStack
 from shared.events import (
     INTERACTION_ENRICHED,
@@ -44,6 +45,7 @@ from tests.support import (
 class Router:
     http: httpx.AsyncClient
     settings: RouterSettings
+    service: RouterService
     tokens: dict[str, str] = field(default_factory=dict)
 
     async def send(self, *items: EnrichedInteraction) -> None:
@@ -113,8 +115,9 @@ async def running_router(
     stack: EmbeddedStack, namespace: str, run_dir: Path, **overrides: Any
 ) -> AsyncIterator[Router]:
     settings = service_settings(RouterSettings, stack, namespace, run_dir, **overrides)
-    async with client_of(create_app(settings)) as http:
-        yield Router(http, settings)
+    app = create_app(settings)
+    async with client_of(app) as http:
+        yield Router(http, settings, app.state.service)
 
 
 @pytest.fixture
@@ -592,6 +595,66 @@ async def test_work_a_missed_drain_left_waiting_is_offered_all_the_same(
         await client.close()
 
     assert (offer.interaction_id, offer.agent_id) == (item.interaction.id, agent)
+
+
+@pytest.mark.parametrize("action", ["accept", "decline"])
+async def test_an_event_a_stopped_router_owed_is_added_by_the_timers(
+    stack: EmbeddedStack,
+    namespace: str,
+    run_dir: Path,
+    action: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_router(stack, namespace, run_dir, owed_after_s=0.5) as router:
+        grace = await router.agent(capacity=1)
+        item = enriched()
+        await router.send(item)
+        await router.offers(1)
+        # The store fails between the change and its event, as a router killed there would
+        # leave it: the change stored, its event in no outbox.
+        monkeypatch.setattr(router.service.outbox, "add", failing_once(router.service.outbox.add))
+        answer = await router.act(grace, item.interaction.id, action)
+        monkeypatch.undo()
+        events = await router.offers(2, settle_s=1.0)
+        state = await router.item_state(item.interaction.id)
+
+    assert answer.status_code == 500
+    assert state == {"accept": "accepted", "decline": "queued"}[action]
+    assert [(e.status, e.agent_id, e.offer) for e in events] == [
+        ("offered", grace, 1),
+        ({"accept": "accepted", "decline": "declined"}[action], grace, 1),
+    ]
+
+
+async def test_an_offer_a_stopped_drain_owed_is_added_by_the_timers(
+    stack: EmbeddedStack, namespace: str, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_router(stack, namespace, run_dir, owed_after_s=0.5) as router:
+        grace = await router.agent(presence="offline")
+        item = enriched()
+        await router.send(item)
+        await eventually(lambda: _is_queued(router, item.interaction.id))
+        monkeypatch.setattr(router.service.outbox, "add", failing_once(router.service.outbox.add))
+        answer = await router.http.put(
+            f"/v1/agents/{grace}/presence", json={"presence": "online"}, headers=admin_headers()
+        )
+        monkeypatch.undo()
+        [offer] = await router.offers(1, settle_s=1.0)
+
+    assert answer.status_code == 500  # the offer was stored by the drain, its event not
+    assert (offer.interaction_id, offer.agent_id, offer.offer) == (item.interaction.id, grace, 1)
+
+
+def failing_once(add: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    failed: list[bool] = []
+
+    async def add_or_fail(*args: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise AutoReconnect("the store went away")
+        return await add(*args)
+
+    return add_or_fail
 
 
 async def test_an_item_nobody_can_take_yet_is_queued_then_offered(router: Router) -> None:

@@ -281,6 +281,9 @@ class RouterService:
         self.topics = topics
         self.settings = settings
         self.policy = Policy(DEFAULT_POLICY, version=1)
+        # Agents whose load did not match the items they hold at the last recount, as
+        # they stood then: (load, free, items held).
+        self.load_mismatches: dict[str, tuple[int, int, int]] = {}
 
     # -- policy -------------------------------------------------------------------
 
@@ -680,7 +683,11 @@ class RouterService:
 
     async def reconcile_capacity(self) -> None:
         """Give back capacity a crashed replica reserved but never used: an agent not
-        offered anything for a while has exactly the load of the items it holds."""
+        offered anything for a while has exactly the load of the items it holds.
+
+        Only a mismatch seen twice, with the agent unchanged between, is corrected: an
+        item just resolved or declined is no longer held a moment before its agent's
+        unit is released, and correcting that moment would free the unit twice."""
         quiet_since = epoch_ms(utcnow()) - int(self.settings.reconcile_after_s * 1000)
         freed = False
         # An agent offered something lately may have a reservation on its way to
@@ -693,13 +700,20 @@ class RouterService:
         if not quiet:
             return
         held_by_agent = await self.repository.held_by_agent()
+        mismatches = {}
         for agent in quiet:
             held = held_by_agent[agent["_id"]]
-            if held != agent["load"] and await self.repository.correct_load(agent, held):
+            if held == agent["load"]:
+                continue
+            seen = (int(agent["load"]), int(agent["free"]), held)
+            if self.load_mismatches.get(agent["_id"]) != seen:
+                mismatches[agent["_id"]] = seen  # corrected if it is still so next time
+            elif await self.repository.correct_load(agent, held):
                 log.warning(
                     "agent load corrected", agent_id=agent["_id"], was=agent["load"], now=held
                 )
                 freed = freed or held < agent["load"]
+        self.load_mismatches = mismatches
         if freed:
             await self.drain()  # the capacity given back takes waiting work at once
 

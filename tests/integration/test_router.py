@@ -657,6 +657,33 @@ def failing_once(add: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
     return add_or_fail
 
 
+async def test_a_recount_between_a_resolve_and_its_release_frees_the_unit_once(
+    stack: EmbeddedStack, namespace: str, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stats far apart: the recounts here are the ones this test makes.
+    quiet = {"stats_interval_s": 3600, "reconcile_after_s": 0.1}
+    async with running_router(stack, namespace, run_dir, **quiet) as router:
+        grace = await router.agent(capacity=2)
+        item = enriched()
+        await router.send(item)
+        await router.offers(1)
+        await router.act(grace, item.interaction.id, "accept")
+        await asyncio.sleep(0.2)  # the agent is quiet: its load is recounted
+        record_step = router.service.repository.record_step
+
+        async def recount_first(step: dict[str, Any]) -> None:  # the item resolved, not yet
+            await router.service.reconcile_capacity()  # its agent's unit released
+            await record_step(step)
+
+        monkeypatch.setattr(router.service.repository, "record_step", recount_first)
+        resolved = await router.act(grace, item.interaction.id, "resolve")
+        monkeypatch.undo()
+        [agent] = (await router.http.get("/v1/agents", headers=admin_headers())).json()["agents"]
+
+    assert resolved.status_code == 200
+    assert (agent["load"], agent["free"]) == (0, 2)
+
+
 async def test_an_item_nobody_can_take_yet_is_queued_then_offered(router: Router) -> None:
     item = enriched()
     await router.send(item)

@@ -288,9 +288,11 @@ class Outbox:
         cursor = self.collection.find(query).sort("seq", ASCENDING).limit(limit)
         return await cursor.to_list(length=limit)
 
-    async def mark_published(self, batch: Batch) -> None:
+    async def mark_published(self, batch: Batch, acked: Sequence[Acked] = ()) -> None:
         """Record a published batch: move its writers' watermarks on, and mark its
-        entries stored before watermarks one by one."""
+        entries stored before watermarks one by one. ``acked``: the offsets the broker
+        has given the relay's sends so far, kept with the marks for a relay started
+        later to tell whether the broker still has them."""
         now = utcnow()
         unnumbered = [entry["_id"] for entry in batch.entries if "writer" not in entry]
         if unnumbered:
@@ -300,9 +302,9 @@ class Outbox:
                 {"$set": {"pending": False, "published_at": now, "published_ms": epoch_ms(now)}},
             )
         for advance in batch.advances:
-            await self._advance(advance, epoch_ms(now))
+            await self._advance(advance, epoch_ms(now), acked)
 
-    async def _advance(self, advance: Advance, at_ms: int) -> None:
+    async def _advance(self, advance: Advance, at_ms: int, acked: Sequence[Acked]) -> None:
         """Move a watermark: one insert. A mark counts only while its epoch is the writer's:
         one made before a replay changes nothing after it."""
         await self.marks.insert_one(
@@ -312,10 +314,22 @@ class Outbox:
                 "from": advance.start,
                 "through": advance.through,
                 "at_ms": at_ms,
+                "acked": [list(offset) for offset in acked],
             }
         )
         if advance.writer == self.writer and advance.epoch == self._epoch:
             self._through = max(self._through, advance.through)
+
+    async def acked_before(self) -> dict[TopicPartition, int]:
+        """The highest offsets the broker gave this outbox's sends, as the latest marks
+        kept them (any replica's: they are offsets of the same partitions)."""
+        latest = self.marks.find({}, sort=[("at_ms", DESCENDING)], limit=RECALLED_MARKS)
+        acked: dict[TopicPartition, int] = {}
+        async for mark in latest:
+            for topic, partition, offset in mark.get("acked", []):
+                key = TopicPartition(topic, partition)
+                acked[key] = max(offset, acked.get(key, -1))
+        return acked
 
     async def republish_since(self, since: datetime) -> int:
         """Make entries published at or after ``since`` pending again; returns at most how
@@ -478,6 +492,10 @@ def entry_headers(entry: Document) -> list[tuple[str, bytes]]:
     return [(name, bytes(value)) for name, value in stored]
 
 
+Acked = tuple[str, int, int]  # topic, partition, the highest offset the broker gave a send
+RECALLED_MARKS = 20  # the latest marks read for what the broker acknowledged before
+
+
 class BrokerMemory:
     """What the broker told the relay about the partitions it writes to, to notice the
     broker forgetting: the offsets its sends were given, and where the partitions ended
@@ -509,6 +527,9 @@ class BrokerMemory:
 
     def partitions(self) -> list[TopicPartition]:
         return sorted(self.acked.keys() | self.ends.keys())
+
+    def as_acked(self) -> list[Acked]:
+        return [(key.topic, key.partition, offset) for key, offset in sorted(self.acked.items())]
 
     def forget(self) -> None:
         self.acked.clear()
@@ -554,6 +575,7 @@ class OutboxRelay:
         # consumers must hear of it too). Kept until the replay is done, so that a store
         # failure midway retries it rather than forgetting the loss.
         self._replay_owed: tuple[str, bool] | None = None
+        self._recalled = False  # whether what the marks kept of the broker was checked
         # Marking batches published runs while the next ones are sent: the two wait on
         # different servers. The batches sent meanwhile, and within ``mark_every_s`` of
         # the last mark, are marked together: one insert per writer instead of one per
@@ -571,6 +593,7 @@ class OutboxRelay:
         try:
             while True:
                 try:
+                    await self._recall_broker()
                     await self._replay_if_owed()
                     published = await self.publish_pending()
                     await self._tidy_when_due()
@@ -661,6 +684,23 @@ class OutboxRelay:
         self._replay_owed = (why, seen_here)
         self.outbox.wakeup.set()
 
+    async def _recall_broker(self) -> None:
+        """Once, at start: does the broker still have what the outbox's sends were given
+        before (as the marks kept it)? A broker restarted meanwhile along with this
+        service has not, and nothing else would tell: this relay remembers nothing yet,
+        and consumers with no committed offsets are never past an end."""
+        if self._recalled:
+            return
+        acked = await self.outbox.acked_before()
+        ends = (
+            await asyncio.wait_for(end_offsets(self.settings, list(acked)), 10.0) if acked else {}
+        )
+        self._recalled = True
+        self.memory.ends.update(ends)
+        if any(ends[key] <= offset for key, offset in acked.items()):
+            # Consumers start again from what the broker has: only the window is owed.
+            self._owe_replay("the broker lost what was sent before this relay started", False)
+
     async def _replay_if_owed(self) -> None:
         owed, self._replay_owed = self._replay_owed, None
         if owed is None:
@@ -686,7 +726,7 @@ class OutboxRelay:
         while self._unmarked:
             batches, self._unmarked = self._unmarked, []
             self._last_mark = time.monotonic()
-            await self.outbox.mark_published(joined(batches))
+            await self.outbox.mark_published(joined(batches), self.memory.as_acked())
 
     async def _marked(self) -> None:
         """Wait for the marking under way, if any. One that failed left its entries

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -346,8 +347,7 @@ async def test_a_loss_the_relay_saw_is_replayed_even_if_the_first_replay_fails(
             raise AutoReconnect("store gone for a moment")
         return await replay(since)
 
-    running = asyncio.create_task(relay.run())
-    try:
+    async with relay_running(relay):
         await outbox.add([note(f"before-{n}") for n in range(5)])
         await read_topic(settings, TOPIC, Note, expect=5)
         own_stack.stop_broker()
@@ -355,11 +355,45 @@ async def test_a_loss_the_relay_saw_is_replayed_even_if_the_first_replay_fails(
         outbox.republish_since = fails_once  # type: ignore[method-assign]
         await outbox.add([note("after")])
         events = await read_topic(settings, TOPIC, Note, expect=6, timeout_s=60)
+    await client.close()
+
+    assert failures == ["failed"]
+    assert {event.id for _, event in events} == {*(f"before-{n}" for n in range(5)), "after"}
+
+
+async def test_a_relay_started_after_the_broker_lost_its_data_publishes_the_window_again(
+    own_stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(own_stack.mongo_url, tz_aware=True)
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    settings = kafka_settings(own_stack.bootstrap_servers, namespace)
+
+    async def marked() -> bool:
+        return await outbox.marks.count_documents({}) > 0
+
+    async with relay_running(OutboxRelay(outbox, settings, service_metrics("before"))):
+        await outbox.add([note(f"before-{n}") for n in range(5)])
+        await read_topic(settings, TOPIC, Note, expect=5)
+        await eventually(marked)
+    # The service and the broker both restart: the new relay has nothing new to send and
+    # remembers nothing of the broker; consumers start over on an empty broker.
+    own_stack.stop_broker()
+    own_stack.start_broker()
+    restarted = Outbox(client[namespace])
+    async with relay_running(OutboxRelay(restarted, settings, service_metrics("after"))):
+        events = await read_topic(settings, TOPIC, Note, expect=5, timeout_s=60)
+    await client.close()
+
+    assert {event.id for _, event in events} == {f"before-{n}" for n in range(5)}
+
+
+@contextlib.asynccontextmanager
+async def relay_running(relay: OutboxRelay) -> AsyncIterator[None]:
+    running = asyncio.create_task(relay.run())
+    try:
+        yield
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-        await client.close()
-
-    assert failures == ["failed"]
-    assert {event.id for _, event in events} == {*(f"before-{n}" for n in range(5)), "after"}

@@ -163,6 +163,12 @@ class RouterRepository:
         )
         return result.modified_count == 1
 
+    async def set_away_if_online(self, agent_id: str) -> bool:
+        result = await self.agents.update_one(
+            {"_id": agent_id, "presence": "online"}, {"$set": {"presence": "away"}}
+        )
+        return result.modified_count == 1
+
     async def set_presence(self, agent_id: str, presence: str) -> Document | None:
         return await self.agents.find_one_and_update(
             {"_id": agent_id},

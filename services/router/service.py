@@ -329,15 +329,13 @@ class RouterService:
             await asyncio.sleep(self.settings.timer_tick_s)
 
     async def expire_offers(self) -> None:
-        """An offer not accepted in time goes back to the queue, and on to another agent."""
+        """An offer not accepted in time goes back to the queue, and on to another agent.
+        The agent who let it time out is set away, as not at the desk: offered nothing
+        more until they are online again, and then this item too, if it still waits (a
+        timeout is not a decline: on a desk of one it would leave the item to nobody)."""
         for item in await self.repository.expired_offers(utcnow()):
             agent_id = item["agent_id"]
-            changes: Document = {
-                "state": "queued",
-                "agent_id": None,
-                "timed_out_at": utcnow(),
-                "declined_by": [*item.get("declined_by", []), agent_id],
-            }
+            changes: Document = {"state": "queued", "agent_id": None, "timed_out_at": utcnow()}
             owed = assignment_owed(AssignmentStatus.TIMED_OUT, agent_id, item["offer"])
             updated = await self.repository.transition(
                 item["_id"], agent_id, "offered", changes, owed
@@ -348,6 +346,8 @@ class RouterService:
             why = f"offer {updated['offer']} not accepted in time: back to the queue"
             await self.repository.record_step(transition_step(updated, "timed_out", agent_id, why))
             log.info("offer timed out", interaction_id=item["_id"], agent_id=agent_id)
+            if await self.repository.set_away_if_online(agent_id):
+                log.info("agent set away: an offer timed out", agent_id=agent_id)
             await self.repository.release_agent(agent_id)
             await self.drain()
 

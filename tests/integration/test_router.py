@@ -331,7 +331,30 @@ async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(
         ("timed_out", first),
         ("offered", second),
     ]
-    assert first_agent["load"] == 0
+    assert (first_agent["load"], first_agent["presence"]) == (0, "away")
+
+
+async def test_on_a_desk_of_one_an_offer_that_timed_out_returns_with_its_agent(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_router(
+        stack, namespace, run_dir, offer_timeout_s=1.0, timer_tick_s=0.2
+    ) as router:
+        only = await router.agent()
+        item = enriched()
+        await router.send(item)
+        await router.offers(2)  # offered, then timed out: the agent is away
+        back = await router.http.put(
+            f"/v1/agents/{only}/presence", json={"presence": "online"}, headers=admin_headers()
+        )
+        events = await router.offers(3)
+
+    assert back.status_code == 200
+    assert [(e.status, e.agent_id, e.offer) for e in events] == [
+        ("offered", only, 1),
+        ("timed_out", only, 1),
+        ("offered", only, 2),
+    ]
 
 
 async def test_an_sla_breach_is_raised_once_also_across_a_restart(

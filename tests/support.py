@@ -15,6 +15,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI, Request, Response
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, SecretStr
 
 from shared.embedded import EmbeddedStack
@@ -106,6 +107,17 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(interval_s)
+
+
+async def metric_sum(http: httpx.AsyncClient, url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` that carry ``labels``, scraped from ``url``."""
+    text = (await http.get(url)).raise_for_status().text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 async def at_least(items: Sequence[object], n: int) -> bool:

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI, Request, Response
 
 from shared.cli import SERVICES, LocalSettings, service_env
 from shared.embedded import EmbeddedStack, free_port
 from shared.http import Server
-from tests.support import ADMIN_TOKEN, admin_headers, eventually
+from shared.settings import KafkaSettings
+from tests.support import ADMIN_TOKEN, admin_headers, eventually, kafka_settings, metric_sum
 
 QUEUED = "io.switchboard.assignment.queued.v1"
 # Retries close together, so a desk that comes back is reached within seconds.
@@ -82,6 +84,7 @@ class Desk:
 @dataclass
 class System:
     stack: EmbeddedStack
+    kafka: KafkaSettings
     home: Path
     local: LocalSettings
     env: dict[str, str]
@@ -120,6 +123,56 @@ class System:
 
                 await eventually(answers, timeout_s=60, interval_s=0.2)
 
+    async def metric(self, service: str, name: str, **labels: str) -> float:
+        """A service's metric now, summed over the samples carrying ``labels``."""
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            return await metric_sum(http, f"{self.url(service)}/metrics", name, **labels)
+
+    async def handled(self, service: str) -> float:
+        """Events the service's consumers took in since it (last) started."""
+        return await self.metric(service, f"switchboard_{service}_events_in_total")
+
+    async def quiet(self) -> bool:
+        """Nothing left that could still reach the desk: every consumer group has committed
+        to the end of its partitions, no outbox holds an unsent event, and notify has no
+        delivery pending."""
+        async with httpx.AsyncClient(timeout=5.0, headers=admin_headers()) as http:
+            pending = await http.get(
+                f"{self.url('notify')}/v1/deliveries", params={"status": "pending", "limit": 1}
+            )
+            if pending.raise_for_status().json():
+                return False
+        for service in SERVICES:
+            if await self.metric(service, f"switchboard_{service}_outbox_backlog") > 0:
+                return False
+            if not await self._committed_to_the_end(self.kafka.group_id(service)):
+                return False
+        return True
+
+    async def _committed_to_the_end(self, group: str) -> bool:
+        """Whether ``group`` has committed, on every partition of this run's topics where it
+        has committed at all, up to the partition's end (and has committed somewhere)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, partition)
+                for topic in await consumer.topics()
+                if topic.startswith(self.kafka.topic_prefix)
+                for partition in consumer.partitions_for_topic(topic) or ()
+            ]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            committed = {tp: await consumer.committed(tp) for tp in partitions}
+        finally:
+            await consumer.stop()
+        at = {tp: offset for tp, offset in committed.items() if offset is not None}
+        return bool(at) and all(offset >= ends[tp] for tp, offset in at.items())
+
     def stop(self) -> None:
         for process in self.processes.values():
             process.send_signal(signal.SIGKILL)
@@ -146,7 +199,8 @@ async def running(stack: EmbeddedStack, namespace: str, home: Path) -> AsyncIter
         "SWITCHBOARD_NOTIFY_BREAKER_COOLDOWN_S": "1",
         "SWITCHBOARD_LOG_LEVEL": "WARNING",
     }
-    system = System(stack, home, local, env, Desk())
+    kafka = kafka_settings(stack.bootstrap_servers, namespace)
+    system = System(stack, kafka, home, local, env, Desk())
     await system.desk.up()
     try:
         for service in SERVICES:
@@ -215,8 +269,9 @@ class Publisher:
 
 
 async def all_delivered(system: System, expected: set[str], timeout_s: float = 120.0) -> None:
-    """Wait until the desk has every expected interaction, then a little longer so that a
-    late duplicate would be seen; fail naming what is missing, doubled or unexpected."""
+    """Wait until the desk has every expected interaction and the system has gone quiet
+    (a late duplicate would have been sent by then); fail naming what is missing, doubled
+    or unexpected."""
 
     async def complete() -> bool:
         return expected <= system.desk.interactions()
@@ -226,6 +281,6 @@ async def all_delivered(system: System, expected: set[str], timeout_s: float = 1
     except AssertionError:
         missing = sorted(expected - system.desk.interactions())
         raise AssertionError(f"{len(missing)} never reached the desk: {missing[:20]}") from None
-    await asyncio.sleep(3.0)
+    await eventually(system.quiet, timeout_s=90, interval_s=0.5)
     assert system.desk.doubled() == {}, f"doubled: {system.desk.doubled()}"
     assert system.desk.interactions() == expected, "the desk got interactions nobody posted"

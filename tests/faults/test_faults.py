@@ -27,16 +27,21 @@ async def test_a_service_killed_mid_stream_loses_and_doubles_nothing(
         publisher = Publisher(system, namespace)
         posting = asyncio.create_task(publisher.post(range(COUNT)))
 
-        async def a_quarter_in() -> bool:
-            return len(publisher.ids) >= COUNT // 4
+        async def mid_stream() -> bool:
+            if victim == "ingest":
+                return len(publisher.ids) >= COUNT // 4
+            return await system.handled(victim) >= COUNT // 10
 
-        await eventually(a_quarter_in, timeout_s=60)
+        await eventually(mid_stream, timeout_s=60, interval_s=0.2)
+        handled = len(publisher.ids) if victim == "ingest" else await system.handled(victim)
         system.kill(victim)
+        assert handled < COUNT, f"{victim} had handled everything ({handled}) before the kill"
         await asyncio.sleep(1.0)
         system.start(victim)
         await system.ready(victim)
         await posting
 
+        assert len(set(publisher.ids.values())) == COUNT, "two mentions were given one id"
         await all_delivered(system, set(publisher.ids.values()))
 
 
@@ -47,8 +52,18 @@ async def test_a_desk_that_goes_away_gets_everything_once_it_is_back(
         publisher = Publisher(system, namespace)
         await system.desk.down()
         await publisher.post(range(COUNT // 4))
-        await asyncio.sleep(5.0)  # retries pile up against the closed port
-        assert system.desk.received == []
+
+        async def retries_piled_up() -> bool:
+            took_in = await system.handled("notify") >= COUNT // 4
+            return (
+                took_in
+                and await system.metric(
+                    "notify", "switchboard_notify_attempts_total", outcome="retry"
+                )
+                >= 2
+            )
+
+        await eventually(retries_piled_up, timeout_s=60, interval_s=0.2)
         await system.desk.up()
         await publisher.post(range(COUNT // 4, COUNT // 2))
 

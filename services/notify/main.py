@@ -16,6 +16,9 @@ def create_app(settings: NotifySettings) -> FastAPI:
     runtime.consume(
         settings.kafka.topics.assignments, stream.assignments_handler(service, runtime.metrics)
     )
+    runtime.consume(
+        settings.kafka.topics.escalations, stream.escalations_handler(service, runtime.metrics)
+    )
     app = service_app(
         runtime,
         [api.router],

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 from pymongo.errors import PyMongoError
 
 from services.notify.cache import FreshDeliveries, Subscriptions
@@ -31,10 +31,14 @@ from shared.egress import EndpointRefused, check_endpoint, resolve_endpoint
 from shared.events import (
     DELIVERY_ATTEMPTED,
     DELIVERY_DEAD,
+    SLA_BREACHED,
     Assignment,
+    AssignmentStatus,
     CloudEvent,
     DeadDelivery,
     DeliveryAttempt,
+    SlaBreach,
+    assignment_type,
     derived_event_id,
     utcnow,
 )
@@ -48,6 +52,9 @@ from shared.tracing import Spans, child_of, trace_id
 SOURCE = "/switchboard/notify"
 log = get_logger(__name__)
 AttemptOutcome = Literal["delivered", "retry", "dead", "gone"]
+# What notify sends out: work for the desks, and alerts when an item waits past its SLA.
+Notice = CloudEvent[Assignment] | CloudEvent[SlaBreach]
+DELIVERED_TYPES = (*(assignment_type(status) for status in AssignmentStatus), SLA_BREACHED)
 # How long a delivery waits for a slot at its busy endpoint before it is postponed.
 ENDPOINT_WAIT_S = 1.0
 
@@ -94,24 +101,58 @@ class SubscriptionIn(BaseModel):
     format: Literal["cloudevents", "slack"] = "cloudevents"
     description: str | None = Field(default=None, max_length=256)
 
+    @field_validator("event_types")
+    @classmethod
+    def _each_matches_something_sent(cls, patterns: list[str]) -> list[str]:
+        """A pattern no event notify sends can match would make a subscription that never
+        fires: say so now rather than stay silent."""
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(known, pattern) for known in DELIVERED_TYPES):
+                raise ValueError(
+                    f"{pattern!r} matches no event type notify delivers: "
+                    + ", ".join(DELIVERED_TYPES)
+                )
+        return patterns
 
-def wants(subscription: Document, event: CloudEvent[Assignment]) -> bool:
+
+def filtered_fields(event: Notice) -> dict[str, object]:
+    """What a subscription's filters look at. A breach has no agent: a subscription
+    filtered by agent takes none; its priority is the one it was escalated to."""
+    data = event.data
+    if isinstance(data, SlaBreach):
+        return {
+            "agent_id": None,
+            "queue": data.queue,
+            "tier": data.customer.tier,
+            "priority": data.priority_after,
+        }
+    return {
+        "agent_id": data.agent_id,
+        "queue": data.queue,
+        "tier": data.customer.tier,
+        "priority": data.priority,
+    }
+
+
+def wants(subscription: Document, event: Notice) -> bool:
     """Whether a subscription's event types and filters take this event."""
     if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in subscription["event_types"]):
         return False
     filters = subscription.get("filters") or {}
-    observed = {
-        "agent_id": event.data.agent_id,
-        "queue": event.data.queue,
-        "tier": event.data.customer.tier,
-        "priority": event.data.priority,
-    }
-    return all(filters.get(name) in (None, value) for name, value in observed.items())
+    return all(filters.get(name) in (None, value) for name, value in filtered_fields(event).items())
 
 
-def slack_message(event: CloudEvent[Assignment]) -> str:
+def slack_message(event: Notice) -> str:
     """The event as a Slack incoming-webhook message."""
     data = event.data
+    if isinstance(data, SlaBreach):
+        moved = f", moved to `{data.queue_after}`" if data.queue_after else ""
+        text = (
+            f"*SLA breached* · queue `{data.queue}` · waited {data.waited_s:.0f} s · "
+            f"P{data.priority_before} → P{data.priority_after}{moved} · "
+            f"{data.customer.tier} customer · interaction `{data.interaction_id}`"
+        )
+        return json.dumps({"text": text}, ensure_ascii=False)
     status = data.status.value.replace("_", " ")
     text = (
         f"*{status}* · queue `{data.queue}` · P{data.priority} · {data.customer.tier} customer, "
@@ -122,13 +163,13 @@ def slack_message(event: CloudEvent[Assignment]) -> str:
     return json.dumps({"text": text}, ensure_ascii=False)
 
 
-def body_for(subscription: Document, event: CloudEvent[Assignment]) -> str:
+def body_for(subscription: Document, event: Notice) -> str:
     if subscription.get("format") == "slack":
         return slack_message(event)
     return event.model_dump_json()
 
 
-def delivery_for(subscription: Document, event: CloudEvent[Assignment]) -> Document:
+def delivery_for(subscription: Document, event: Notice) -> Document:
     """A delivery's id doubles as its ``webhook-id``: stable across every retry."""
     now = utcnow()
     return {
@@ -280,7 +321,7 @@ class NotifyService:
         timeout, and time to record it."""
         return self.settings.webhook_timeout_s + 30
 
-    async def fan_out(self, events: Sequence[CloudEvent[Assignment]]) -> None:
+    async def fan_out(self, events: Sequence[Notice]) -> None:
         """Store a delivery for each subscription that wants each event. As many as the
         dispatcher has room for are stored leased to this process and handed to it."""
         if not events:

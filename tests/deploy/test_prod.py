@@ -21,7 +21,7 @@ CONSUMES = {
     "ingest": {T.submitted, T.enriched, T.assignments, T.deliveries} | EVERY_SERVICE,
     "enrich": {T.received} | EVERY_SERVICE,
     "router": {T.enriched} | EVERY_SERVICE,
-    "notify": {T.assignments} | EVERY_SERVICE,
+    "notify": {T.assignments, T.escalations} | EVERY_SERVICE,
 }
 PRODUCES = {
     "ingest": {T.received, T.rejected} | EVERY_SERVICE,

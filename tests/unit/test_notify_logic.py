@@ -6,13 +6,22 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notify.cache import FreshDeliveries
 from services.notify.delivery import new_signing_secret, signed_headers
-from services.notify.service import body_for, next_delay, wants
+from services.notify.service import SubscriptionIn, body_for, next_delay, wants
 from shared.egress import EndpointRefused, check_endpoint
-from shared.events import Assignment, AssignmentStatus, CloudEvent, assignment_type, utcnow
+from shared.events import (
+    SLA_BREACHED,
+    Assignment,
+    AssignmentStatus,
+    CloudEvent,
+    SlaBreach,
+    assignment_type,
+    utcnow,
+)
 
 OFFERED = assignment_type(AssignmentStatus.OFFERED)
 
@@ -258,3 +267,49 @@ def test_fresh_deliveries_are_taken_oldest_first_and_drained_on_the_way_out() ->
     assert [d["_id"] for d in fresh.take(2, now_ms=0, needed_ms=1)[0]] == ["d0", "d1"]
     assert fresh.drain() == ["d2", "d3"]
     assert fresh.take(2, now_ms=0, needed_ms=1) == ([], [])
+
+
+# --- SLA breaches ----------------------------------------------------------------------
+
+
+def breached(tier: str = "gold") -> CloudEvent[SlaBreach]:
+    data = SlaBreach.model_validate(
+        {
+            "interaction_id": "i1",
+            "queue": "priority",
+            "priority_before": 3,
+            "priority_after": 1,
+            "waited_s": 400.0,
+            "customer": {"id": "c1", "tier": tier},
+            "enqueued_at": utcnow(),
+        }
+    )
+    return CloudEvent[SlaBreach](id="e2", source="/test", type=SLA_BREACHED, data=data)
+
+
+def test_a_breach_is_wanted_by_its_type_and_filtered_by_queue_tier_and_new_priority() -> None:
+    assert wants(subscription(["io.switchboard.sla.*"]), breached())
+    assert not wants(subscription(["io.switchboard.assignment.*"]), breached())
+    assert wants(
+        subscription(["*"], {"queue": "priority", "tier": "gold", "priority": 1}), breached()
+    )
+    assert not wants(subscription(["*"], {"priority": 3}), breached())
+    assert not wants(subscription(["*"], {"agent_id": "a1"}), breached())  # a breach has no agent
+
+
+def test_a_breach_as_a_slack_message_says_what_happened() -> None:
+    text = json.loads(body_for({"format": "slack"}, breached()))["text"]
+
+    assert text.startswith("*SLA breached*")
+    assert "P3 → P1" in text
+
+
+@pytest.mark.parametrize("pattern", ["io.switchboard.delivery.*", "io.switchboard.sla.v1", "x"])
+def test_a_subscription_pattern_that_matches_nothing_sent_is_refused(pattern: str) -> None:
+    with pytest.raises(ValidationError, match="matches no event type notify delivers"):
+        SubscriptionIn.model_validate({"url": "https://desk.example", "event_types": [pattern]})
+
+
+@pytest.mark.parametrize("pattern", ["*", "io.switchboard.*", SLA_BREACHED, "*.queued.v1"])
+def test_a_subscription_pattern_that_matches_something_sent_is_taken(pattern: str) -> None:
+    SubscriptionIn.model_validate({"url": "https://desk.example", "event_types": [pattern]})

@@ -96,6 +96,20 @@ def test_traffic_is_denied_unless_a_policy_allows_it(
     }
 
 
+def test_dev_lets_the_services_reach_the_kafka_and_mongodb_in_its_namespace() -> None:
+    """The base's default deny takes in dev's own Kafka and MongoDB pods too: without a
+    policy letting them take connections, no service there would ever be ready."""
+    policies = [d for d in render("dev") if d["kind"] == "NetworkPolicy"]
+    [theirs] = [p for p in policies if p["metadata"]["name"] == "dev-dependencies"]
+
+    assert theirs["spec"]["podSelector"] == {
+        "matchExpressions": [
+            {"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["switchboard"]}
+        ]
+    }
+    assert {"from": [{"podSelector": {}}]} in theirs["spec"]["ingress"]
+
+
 def test_the_check_catches_a_deployment_without_probes_or_hardening() -> None:
     [deployment] = [
         d

@@ -40,6 +40,20 @@ def plain_text(markup: str) -> str:
     return html.unescape(_TAG.sub(" ", markup)).strip()
 
 
+def entry_link(feed_url: str, link: object) -> str | None:
+    """The entry's link made absolute against the feed's URL (forums often write
+    ``/t/123``); None unless that is an http(s) URL, so a bad link costs only the link."""
+    if not isinstance(link, str) or not link.strip():
+        return None
+    try:
+        absolute = urljoin(feed_url, link.strip())
+        parts = urlsplit(absolute)
+        has_host = bool(parts.hostname)
+    except ValueError:
+        return None
+    return absolute if parts.scheme in ("http", "https") and has_host else None
+
+
 def entry_to_interaction(feed: Document, parsed: Any, entry: Any) -> InteractionIn | None:
     """One feed entry as an interaction; None for an entry with nothing to say."""
     entry_id = entry.get("id") or entry.get("link")
@@ -57,7 +71,7 @@ def entry_to_interaction(feed: Document, parsed: Any, entry: Any) -> Interaction
             external_id=str(entry_id)[:256],
             author={"handle": str(author)[:256]},
             text=text[:20_000],
-            url=entry.get("link") or None,
+            url=entry_link(feed["url"], entry.get("link")),
             created_at=datetime.fromtimestamp(calendar.timegm(published), UTC)
             if published
             else None,
@@ -169,9 +183,12 @@ class FeedPoller:
 
 
 def failed_poll_backoff(interval_s: float, failures: int) -> timedelta:
-    """The interval doubled for each failure in a row, at most ``MAX_BACKOFF``; capped
-    before it is a timedelta, which overflows past about 2.7 million years."""
-    return timedelta(seconds=min(interval_s * 2 ** min(failures, 32), MAX_BACKOFF.total_seconds()))
+    """The interval doubled for each failure in a row, at most ``MAX_BACKOFF`` or the
+    interval, whichever is longer (a failing feed is never polled more often than a
+    healthy one); capped before it is a timedelta, which overflows past about 2.7
+    million years."""
+    longest = max(MAX_BACKOFF.total_seconds(), interval_s)
+    return timedelta(seconds=min(interval_s * 2 ** min(failures, 32), longest))
 
 
 def _conditional_headers(feed: Document) -> dict[str, str]:

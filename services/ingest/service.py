@@ -9,12 +9,20 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Literal
 
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from services.ingest.journey import JourneyLog, journey
 from services.ingest.repository import IngestRepository, interaction_fields
@@ -66,6 +74,15 @@ class InteractionIn(BaseModel):
     in_reply_to: str | None = Field(default=None, max_length=256)
     created_at: datetime | None = None
     attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc_unless_told(cls, value: datetime | None) -> datetime | None:
+        """A time without an offset is taken as UTC, so every service downstream reads
+        the same instant from it."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class CloudEventIn(BaseModel):

@@ -16,3 +16,9 @@ def test_a_feed_failing_for_weeks_waits_the_longest_backoff_and_no_more() -> Non
     # 300 s * 2**39 no longer fits a timedelta: the cap must come before it is one.
     for failures in (6, 39, 1_000, 100_000):
         assert failed_poll_backoff(300, failures) == MAX_BACKOFF
+
+
+def test_a_failing_feed_is_never_polled_more_often_than_a_healthy_one() -> None:
+    day = 86_400
+    assert failed_poll_backoff(day, 1) == timedelta(seconds=day)
+    assert failed_poll_backoff(day, 50) == timedelta(seconds=day)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from jsonschema import Draft7Validator
 
-from shared.asyncapi import CHANNELS, document, render
+from shared import events, topics
+from shared.asyncapi import document, render
 from shared.events import AssignmentStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,14 +29,40 @@ def test_the_document_is_valid_asyncapi_3() -> None:
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
 
 
-def test_every_topic_and_assignment_status_is_in_the_document() -> None:
-    doc = document()
-    addresses = {channel["address"] for channel in doc["channels"].values()}
-    messages = doc["components"]["messages"]
+# The one event type no Switchboard service produces: publishers that speak Kafka put it
+# on the submitted topic, and ingest consumes it.
+SUBMITTED = "io.switchboard.interaction.submitted.v1"
 
-    assert addresses == set(CHANNELS)
-    for status in AssignmentStatus:
-        assert f"assignment.{status.value}.v1" in messages
+
+def produced_event_types() -> set[str]:
+    """The event types the services emit, read from the contract module itself: every
+    type constant in ``shared.events``, and one assignment type per status (as the router
+    names them), spelled out here rather than taken from the document's channel table."""
+    constants = {
+        value
+        for name, value in vars(events).items()
+        if name.isupper()
+        and isinstance(value, str)
+        and value.startswith("io.switchboard.")
+        and value.endswith(".v1")
+    }
+    assignments = {f"io.switchboard.assignment.{status.value}.v1" for status in AssignmentStatus}
+    return constants | assignments
+
+
+def test_every_topic_and_event_type_is_in_the_document() -> None:
+    doc = document()
+    addresses = [channel["address"] for channel in doc["channels"].values()]
+    messages = doc["components"]["messages"]
+    names = {message["name"] for message in messages.values()}
+    [assignments] = [c for c in doc["channels"].values() if c["address"] == topics.ASSIGNMENTS]
+    on_assignments = {messages[key]["name"] for key in assignments["messages"]}
+
+    assert sorted(addresses) == sorted(topics.ALL)
+    assert names == produced_event_types() | {SUBMITTED}
+    assert on_assignments == {
+        f"io.switchboard.assignment.{status.value}.v1" for status in AssignmentStatus
+    }
 
 
 def test_a_payload_schema_follows_its_model() -> None:

@@ -35,6 +35,7 @@ from tests.support import (
     admin_headers,
     client_of,
     eventually,
+    metric_sum,
     publish,
     read_topic,
     service_settings,
@@ -439,7 +440,8 @@ async def test_evaluate_explains_the_match_without_routing(router: Router) -> No
     answer = await router.http.post(
         "/v1/policy:evaluate", json=sample.model_dump(mode="json"), headers=admin_headers()
     )
-    await asyncio.sleep(0.5)
+    # Routed, the sample would be queued (no agent is online) and say so on the topic.
+    published = await router.assignments(0, settle_s=2.0)
 
     assert answer.status_code == 200
     body = answer.json()
@@ -452,36 +454,50 @@ async def test_evaluate_explains_the_match_without_routing(router: Router) -> No
             "error": None,
         }
     ]
+    assert published == []
     assert await router.item_state(sample.interaction.id) is None
 
 
-async def test_skills_are_respected_and_do_not_block_the_queue(router: Router) -> None:
-    await router.save_policy(SPANISH_POLICY)
-    generalist = await router.agent(presence="offline")
-    spanish = enriched(text="hola, help")
-    english = enriched(text="hello, help")
-    await router.send(spanish, english)
-    await asyncio.sleep(0.5)
+async def test_skills_are_respected_and_do_not_block_the_queue(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    # The periodic drain an hour apart: only the drain of the agent coming online can offer.
+    async with running_router(stack, namespace, run_dir, stats_interval_s=3600) as router:
+        await router.save_policy(SPANISH_POLICY)
+        generalist = await router.agent(presence="offline")
+        spanish = enriched(text="hola, help")
+        english = enriched(text="hello, help")
+        await router.send(spanish, english)
+        await eventually(lambda: _is_queued(router, spanish.interaction.id))
+        await eventually(lambda: _is_queued(router, english.interaction.id))
 
-    await router.http.put(
-        f"/v1/agents/{generalist}/presence", json={"presence": "online"}, headers=admin_headers()
-    )
-    [offer] = await router.offers(1, settle_s=1.0)
-    stats = (await router.http.get("/v1/queues", headers=admin_headers())).json()["queues"]
-    metrics = (await router.http.get("/metrics")).text
+        await router.http.put(
+            f"/v1/agents/{generalist}/presence",
+            json={"presence": "online"},
+            headers=admin_headers(),
+        )
+        [offer] = await router.offers(1, settle_s=1.0)
+        stats = (await router.http.get("/v1/queues", headers=admin_headers())).json()["queues"]
+        depth = await metric_sum(
+            router.http, "/metrics", "switchboard_router_queue_depth", queue="spanish", priority="1"
+        )
+        load = await metric_sum(
+            router.http, "/metrics", "switchboard_router_agents_load", queue="general"
+        )
+        spanish_state = await router.item_state(spanish.interaction.id)
 
     # The Spanish item, first in line at priority 1, waits for an agent who speaks it.
     assert (offer.interaction_id, offer.agent_id) == (english.interaction.id, generalist)
-    assert await router.item_state(spanish.interaction.id) == "queued"
+    assert spanish_state == "queued"
     by_name = {queue["name"]: queue for queue in stats}
     assert by_name["spanish"]["waiting"]["1"] == 1
-    assert by_name["spanish"]["oldest_wait_s"] >= 0.5  # it waited through the sleep above
+    # Queued before the agent came online, it has waited at least the offers' 1 s settle.
+    assert by_name["spanish"]["oldest_wait_s"] >= 1.0
     assert by_name["spanish"]["sla_breached"] == 0
     assert by_name["spanish"]["agents_online"] == 0
     assert by_name["general"]["offered"] == 1
     assert by_name["general"]["agents_load"] == 1
-    assert 'switchboard_router_queue_depth{priority="1",queue="spanish"} 1.0' in metrics
-    assert 'switchboard_router_agents_load{queue="general"} 1.0' in metrics
+    assert (depth, load) == (1.0, 1.0)
 
 
 async def test_any_number_of_items_nobody_can_take_do_not_hide_the_one_behind(
@@ -537,19 +553,23 @@ async def test_an_sla_breach_moves_the_item_to_its_overflow_queue(
     assert (offer.queue, offer.agent_id) == ("backup", agent)
 
 
-async def test_more_capacity_takes_waiting_work_at_once(router: Router) -> None:
-    agent = await router.agent(capacity=1)
-    first, second = enriched(), enriched()
-    await router.send(first)
-    await router.offers(1)
-    await router.send(second)
-    await asyncio.sleep(0.5)
+async def test_more_capacity_takes_waiting_work_at_once(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    # The periodic drain an hour apart: only the drain the new capacity starts can offer.
+    async with running_router(stack, namespace, run_dir, stats_interval_s=3600) as router:
+        agent = await router.agent(capacity=1)
+        first, second = enriched(), enriched()
+        await router.send(first)
+        await router.offers(1)
+        await router.send(second)
+        await eventually(lambda: _is_queued(router, second.interaction.id))
 
-    patched = await router.http.patch(
-        f"/v1/agents/{agent}", json={"capacity": 2, "skills": ["es"]}, headers=admin_headers()
-    )
-    offers = await router.offers(2)
-    listed = (await router.http.get("/v1/agents", headers=admin_headers())).json()["agents"]
+        patched = await router.http.patch(
+            f"/v1/agents/{agent}", json={"capacity": 2, "skills": ["es"]}, headers=admin_headers()
+        )
+        offers = await router.offers(2)
+        listed = (await router.http.get("/v1/agents", headers=admin_headers())).json()["agents"]
 
     assert patched.status_code == 200
     assert (patched.json()["capacity"], patched.json()["skills"]) == (2, ["es"])
@@ -785,15 +805,24 @@ async def test_a_body_over_the_limit_is_refused_unread_whether_declared_or_strea
     assert small.status_code == 201
 
 
-async def test_the_latest_of_many_policy_versions_is_the_one_routing(router: Router) -> None:
+async def test_the_latest_of_many_policy_versions_is_the_one_routing(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
     policy = {"default_queue": "general", "queues": [{"name": "general"}], "rules": []}
-    saved = [(await router.save_policy(policy))["version"] for _ in range(11)]
-    await asyncio.sleep(2.5)  # the timer reloads the latest stored policy each tick
-
-    current = await router.http.get("/v1/policy", headers=admin_headers())
+    async with running_router(stack, namespace, run_dir) as router:
+        saved = [(await router.save_policy(policy))["version"] for _ in range(11)]
+    # A router that saved none of them knows only what the store gives it as the latest.
+    async with running_router(stack, namespace, run_dir) as started:
+        current = await started.http.get("/v1/policy", headers=admin_headers())
+        await started.agent()
+        item = enriched()
+        await started.send(item)
+        [offer] = await started.offers(1)
 
     assert saved == list(range(2, 13))  # version 1 is the shipped policy
-    assert current.json()["version"] == 12  # not 9: versions are not sorted as text
+    # Not 9: versions are not sorted as text.
+    assert current.json()["version"] == 12
+    assert (offer.interaction_id, offer.policy_version) == (item.interaction.id, 12)
 
 
 async def test_decision_steps_stored_together_or_again_read_back_once_each(

@@ -17,6 +17,7 @@ from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
@@ -148,9 +149,21 @@ def monitored(overlay: str) -> list[dict[str, Any]]:
 
 
 OVERLAYS = sorted(path.name for path in (ROOT / "deploy" / "overlays").iterdir())
+MONITORING = "../../components/monitoring"
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+def uses_monitoring(overlay: str) -> bool:
+    """Whether the overlay's kustomization takes in the monitoring component."""
+    kustomization = ROOT / "deploy" / "overlays" / overlay / "kustomization.yaml"
+    spec = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
+    return MONITORING in spec.get("components", [])
+
+
+# Only these have alerts and dashboards to check; the others render none.
+MONITORED = [overlay for overlay in OVERLAYS if uses_monitoring(overlay)]
+
+
+@pytest.fixture(scope="module", params=MONITORED)
 def docs(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     return monitored(request.param)
 
@@ -159,13 +172,24 @@ def test_the_prod_overlay_is_monitored() -> None:
     docs = monitored("prod")
     kinds = {d["kind"] for d in docs}
 
+    assert "prod" in MONITORED
     assert {"ServiceMonitor", "PrometheusRule", "PodMonitor"} <= kinds
     assert len(dashboards(docs)) == 1
 
 
+def test_the_overlays_with_alerts_are_those_taking_in_monitoring() -> None:
+    with_alerts = [o for o in OVERLAYS if any(d["kind"] == "PrometheusRule" for d in render(o))]
+
+    assert with_alerts == MONITORED
+
+
 def test_alerts_and_dashboards_name_only_exported_metrics(docs: list[dict[str, Any]]) -> None:
     exprs = expressions(docs)
+    boards = dashboards(docs)
 
+    assert alert_rules(docs)
+    assert boards
+    assert all(panel_expressions(board) for board in boards)
     assert unknown_metrics(exprs, allowed_metrics(docs)) == {}
 
 
@@ -173,8 +197,9 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_section(
     docs: list[dict[str, Any]],
 ) -> None:
     readme = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    rules = alert_rules(docs)
     problems = []
-    for rule in alert_rules(docs):
+    for rule in rules:
         name = rule["alert"]
         if rule.get("labels", {}).get("severity") not in {"warning", "critical"}:
             problems.append(f"{name}: severity is not warning or critical")
@@ -184,6 +209,7 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_section(
             problems.append(f"{name}: runbook does not point at its README section")
         if f"\n### {name}\n" not in readme:
             problems.append(f"{name}: deploy/README.md has no '### {name}' section")
+    assert rules
     assert problems == []
 
 

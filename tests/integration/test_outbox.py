@@ -349,7 +349,7 @@ async def test_a_loss_the_relay_saw_is_replayed_even_if_the_first_replay_fails(
 
     async with relay_running(relay):
         await outbox.add([note(f"before-{n}") for n in range(5)])
-        await read_topic(settings, TOPIC, Note, expect=5)
+        assert len(await read_topic(settings, TOPIC, Note, expect=5)) == 5  # before the loss
         own_stack.stop_broker()
         own_stack.start_broker()  # empty: what was published is gone
         outbox.republish_since = fails_once  # type: ignore[method-assign]
@@ -374,7 +374,7 @@ async def test_a_relay_started_after_the_broker_lost_its_data_publishes_the_wind
 
     async with relay_running(OutboxRelay(outbox, settings, service_metrics("before"))):
         await outbox.add([note(f"before-{n}") for n in range(5)])
-        await read_topic(settings, TOPIC, Note, expect=5)
+        assert len(await read_topic(settings, TOPIC, Note, expect=5)) == 5  # before the loss
         await eventually(marked)
     # The service and the broker both restart: the new relay has nothing new to send and
     # remembers nothing of the broker; consumers start over on an empty broker.

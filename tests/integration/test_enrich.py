@@ -518,3 +518,24 @@ async def test_a_name_search_with_a_control_character_is_refused_naming_it(enric
 
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["field"] == "name"
+
+
+async def test_a_handle_that_is_not_a_url_is_stored_and_found_as_text(enrich: Enrich) -> None:
+    created = await enrich.http.post(
+        "/v1/customers",
+        json={"name": "Ada", "identities": ["twitter:https://[x"]},
+        headers=admin_headers(),
+    )
+    linked = await enrich.http.post(
+        f"/v1/customers/{created.json()['id']}/identities",
+        json={"channel": "x", "handle": "http://[ada"},
+        headers=admin_headers(),
+    )
+    found = await enrich.http.get(
+        "/v1/customers", params={"handle": "http://[ada"}, headers=admin_headers()
+    )
+
+    assert created.status_code == 201, created.text
+    assert linked.status_code == 201, linked.text
+    assert sorted(linked.json()["identities"]) == ["twitter:http://[ada", "twitter:https://[x"]
+    assert [c["id"] for c in found.json()["customers"]] == [created.json()["id"]]

@@ -154,9 +154,16 @@ async def lines_of(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str
         *complete, pending = pending.split(b"\n")
         for raw in complete:
             number += 1
-            yield number, raw.decode("utf-8", errors="replace").rstrip("\r")
+            yield number, decoded_line(number, raw)
     if pending:
-        yield number + 1, pending.decode("utf-8", errors="replace").rstrip("\r")
+        yield number + 1, decoded_line(number + 1, pending)
+
+
+def decoded_line(number: int, raw: bytes) -> str:
+    """The line as text; the first loses the byte-order mark Excel's "CSV UTF-8" writes,
+    which would otherwise be part of the first column's name."""
+    text = raw.decode("utf-8", errors="replace").rstrip("\r")
+    return text.removeprefix("\ufeff") if number == 1 else text
 
 
 async def json_rows(lines: AsyncIterable[tuple[int, str]]) -> AsyncIterator[ParsedRow]:

@@ -128,12 +128,12 @@ class EnrichRepository:
         await self.index_emails(owners)
 
     async def find_by_crm_ids(self, crm_ids: Sequence[str]) -> dict[str, Document]:
+        """The profiles holding these CRM ids, by CRM id: a merged profile holds several,
+        so it is found under each."""
         keyed = self.crm_ids.find({"_id": {"$in": list(crm_ids)}})
-        owners = {doc["customer_id"]: doc["_id"] async for doc in keyed}
-        if not owners:
-            return {}
-        cursor = self.customers.find({"_id": {"$in": list(owners)}})
-        return {owners[doc["_id"]]: doc async for doc in cursor}
+        owners = {doc["_id"]: doc["customer_id"] async for doc in keyed}
+        profiles = await self.find_customers(sorted(set(owners.values())))
+        return {crm_id: profiles[owner] for crm_id, owner in owners.items() if owner in profiles}
 
     async def claim_crm_ids(self, owners: Sequence[tuple[str, str]]) -> set[str]:
         """Give each CRM id to its customer; the CRM ids another customer holds."""
@@ -195,10 +195,11 @@ class EnrichRepository:
         return set()
 
     async def update_many(self, updates: Sequence[tuple[str, Document]]) -> None:
+        """Apply the updates in order: two may be for one profile (a merged customer's CRM
+        ids in one import), and the later must win."""
         if updates:
             await self.customers.bulk_write(
-                [UpdateOne({"_id": customer_id}, update) for customer_id, update in updates],
-                ordered=False,
+                [UpdateOne({"_id": customer_id}, update) for customer_id, update in updates]
             )
 
     async def find_customers(self, customer_ids: Sequence[str]) -> dict[str, Document]:

@@ -340,12 +340,13 @@ class EnrichService:
     async def remember_emails(
         self, new: list[Document], updated: list[tuple[str, ImportRow]]
     ) -> None:
-        """Index new profiles' emails; replace those of updated ones whose row sent some."""
-        replaced = [(cid, row) for cid, row in updated if "emails" in row.model_fields_set]
+        """Index new profiles' emails; replace those of updated ones whose row sent some
+        (the last such row of a profile, as its update left it)."""
+        replaced = {cid: row for cid, row in updated if "emails" in row.model_fields_set}
         await self.repository.reindex_emails(
             [(email, doc["_id"]) for doc in new for email in doc.get("emails", [])]
-            + [(email, cid) for cid, row in replaced for email in row.emails],
-            [cid for cid, _ in replaced],
+            + [(email, cid) for cid, row in replaced.items() for email in row.emails],
+            list(replaced),
         )
 
     async def claimable_rows(

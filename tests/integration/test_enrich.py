@@ -539,3 +539,38 @@ async def test_a_handle_that_is_not_a_url_is_stored_and_found_as_text(enrich: En
     assert linked.status_code == 201, linked.text
     assert sorted(linked.json()["identities"]) == ["twitter:http://[ada", "twitter:https://[x"]
     assert [c["id"] for c in found.json()["customers"]] == [created.json()["id"]]
+
+
+async def test_a_csv_saved_with_a_byte_order_mark_imports(enrich: Enrich) -> None:
+    csv_text = "\ufeffcrm_id,name,tier\nc1,Ada,gold\nc2,Grace,silver\n"
+
+    report = await import_body(enrich, csv_text.encode("utf-8"), "text/csv")
+
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert (body["imported"], body["rejected"], body["problems"]) == (2, 0, [])
+
+
+async def test_an_import_updates_a_merged_customer_by_each_of_its_crm_ids(enrich: Enrich) -> None:
+    ada = await create(enrich, name="Ada", tier="gold", crm_id="crm-1")
+    old = await create(enrich, name="Ada L", tier="silver", crm_id="crm-2")
+    merged = await enrich.http.post(
+        f"/v1/customers/{ada['id']}:merge", json={"merge_id": old["id"]}, headers=admin_headers()
+    )
+    csv_text = (
+        "crm_id,name,tier,identities\n"
+        "crm-1,Ada Lovelace,platinum,twitter:ada_l\n"
+        "crm-2,Ada King,platinum,instagram:ada.k\n"
+    )
+
+    report = await import_body(enrich, csv_text.encode(), "text/csv")
+    stored = (await enrich.http.get(f"/v1/customers/{ada['id']}", headers=admin_headers())).json()
+    everyone = (await enrich.http.get("/v1/customers", headers=admin_headers())).json()
+
+    assert merged.status_code == 200, merged.text
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert (body["imported"], body["updated"], body["rejected"]) == (0, 2, 0), body
+    assert (stored["name"], stored["tier"]) == ("Ada King", "platinum")  # the later row wins
+    assert sorted(stored["identities"]) == ["instagram:ada.k", "twitter:ada_l"]
+    assert [c["id"] for c in everyone["customers"]] == [ada["id"]]

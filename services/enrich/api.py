@@ -18,7 +18,7 @@ from services.enrich.customers import (
     lines_of,
 )
 from services.enrich.repository import IdentityTaken
-from services.enrich.service import CrmIdTaken, EnrichService, UnknownTier
+from services.enrich.service import CrmIdTaken, EnrichService, IdentityNotHeld, UnknownTier
 from shared.access import AdminOnly, AdminOrOperator
 from shared.events import Channel
 from shared.http import app_service, public
@@ -165,7 +165,14 @@ async def link_identity(customer_id: str, identity: IdentityIn, service: Service
         raise taken(error) from error
 
 
-@router.delete("/customers/{customer_id}/identities/{identity}", dependencies=[AdminOnly])
+# ``:path`` so that a profile URL, slashes and all, can name the identity.
+@router.delete("/customers/{customer_id}/identities/{identity:path}", dependencies=[AdminOnly])
 async def unlink_identity(customer_id: str, identity: str, service: Service) -> Document:
-    """``identity`` in its normalised form, e.g. ``twitter:ada_l``."""
-    return found(await service.unlink_identity(customer_id, identity))
+    """``identity`` as ``channel:handle`` in any form linking takes (``x:@Ada_L`` unlinks
+    ``twitter:ada_l``); 404 naming it when the customer does not hold it."""
+    try:
+        return found(await service.unlink_identity(customer_id, identity))
+    except IdentityNotHeld as error:
+        raise field_problem("identity", str(error), 404) from error
+    except ValueError as error:
+        raise field_problem("identity", str(error)) from error

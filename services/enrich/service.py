@@ -20,6 +20,7 @@ from services.enrich.customers import (
     ImportRow,
     ParsedRow,
     RowProblem,
+    parse_identity,
 )
 from services.enrich.repository import EnrichRepository, IdentityTaken
 from services.enrich.sentiment import LanguageDetector, SentimentAnalyzer, unscored
@@ -54,6 +55,14 @@ class UnknownTier(ValueError):
 
 class CrmIdTaken(Exception):
     """Another profile already has this CRM id."""
+
+
+class IdentityNotHeld(LookupError):
+    """The customer does not hold this identity."""
+
+    def __init__(self, identity: str) -> None:
+        super().__init__(f"the customer does not hold {identity}")
+        self.identity = identity
 
 
 @dataclass(frozen=True)
@@ -256,12 +265,16 @@ class EnrichService:
         )
 
     async def unlink_identity(self, customer_id: str, identity: str) -> Document | None:
+        """Unlink ``channel:handle`` in any form linking takes; None for an unknown customer.
+        Raises ValueError for text that is no identity, IdentityNotHeld when the customer
+        does not hold it."""
         customer = await self.repository.find_customer(customer_id)
         if customer is None:
             return None
-        await self.repository.release_identities(customer["_id"], [identity])
+        held = held_form(identity, customer.get("identities", []))
+        await self.repository.release_identities(customer["_id"], [held])
         return await self.repository.update_customer(
-            customer["_id"], {"$pull": {"identities": identity}}
+            customer["_id"], {"$pull": {"identities": held}}
         )
 
     async def merge(self, survivor_id: str, other_id: str) -> Document | None:
@@ -591,6 +604,17 @@ class EnrichService:
                 customer["_id"], {"$addToSet": {"identities": identity}}
             )
         return await self.repository.find_customer(customer["_id"]) or customer
+
+
+def held_form(identity: str, held: Sequence[str]) -> str:
+    """The identity as the profile holds it: normalised, or exactly as given (a form an
+    earlier normalisation stored); IdentityNotHeld if neither."""
+    channel, handle = parse_identity(identity)
+    normalised = normalise_identity(channel, handle)
+    for form in (normalised, identity):
+        if form in held:
+            return form
+    raise IdentityNotHeld(normalised)
 
 
 def identity_of(interaction: Interaction) -> str:

@@ -574,3 +574,40 @@ async def test_an_import_updates_a_merged_customer_by_each_of_its_crm_ids(enrich
     assert (stored["name"], stored["tier"]) == ("Ada King", "platinum")  # the later row wins
     assert sorted(stored["identities"]) == ["instagram:ada.k", "twitter:ada_l"]
     assert [c["id"] for c in everyone["customers"]] == [ada["id"]]
+
+
+@pytest.mark.parametrize("form", ["twitter:@Ada", "x:@Ada", "TWITTER:ada", "x:https://x.com/Ada"])
+async def test_an_identity_unlinks_in_any_form_it_links_in(enrich: Enrich, form: str) -> None:
+    ada = await create(enrich, name="Ada", identities=[{"channel": "twitter", "handle": "@Ada"}])
+
+    unlinked = await enrich.http.delete(
+        f"/v1/customers/{ada['id']}/identities/{form}", headers=admin_headers()
+    )
+    found = await enrich.http.get(
+        "/v1/customers", params={"handle": "ada"}, headers=admin_headers()
+    )
+
+    assert unlinked.status_code == 200, unlinked.text
+    assert unlinked.json()["identities"] == []
+    assert found.json()["customers"] == []
+
+
+async def test_unlinking_an_identity_the_customer_lacks_names_it(enrich: Enrich) -> None:
+    ada = await create(enrich, name="Ada", identities=[{"channel": "twitter", "handle": "@Ada"}])
+    path = f"/v1/customers/{ada['id']}/identities"
+
+    lacking = await enrich.http.delete(f"{path}/twitter:grace", headers=admin_headers())
+    malformed = await enrich.http.delete(f"{path}/grace", headers=admin_headers())
+    unknown_channel = await enrich.http.delete(f"{path}/myspace:ada", headers=admin_headers())
+    nobody = await enrich.http.delete(
+        "/v1/customers/nobody/identities/x:ada", headers=admin_headers()
+    )
+
+    assert lacking.status_code == 404
+    assert lacking.json()["detail"][0]["field"] == "identity"
+    assert "twitter:grace" in lacking.json()["detail"][0]["reason"]
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"][0]["field"] == "identity"
+    assert unknown_channel.status_code == 422
+    assert "unknown channel" in unknown_channel.json()["detail"][0]["reason"]
+    assert nobody.status_code == 404

@@ -40,6 +40,7 @@ class SentimentAnalyzer(Protocol):
 
 _URL = re.compile(r"https?://\S+|www\.\S+")
 _REPEATS = re.compile(r"(.)\1{2,}")
+_WORD = re.compile(r"[a-z0-9']+")
 _TOKEN = re.compile(
     r"[a-z0-9']+"  # words, with their apostrophes (don't, it's)
     r"|[:;=8][\-o*']?[)\](\[dp/\\|@3]|<3"  # emoticons, after lower-casing
@@ -52,6 +53,10 @@ def tokens(text: str) -> list[str]:
     """Lower-case tokens; links become ``http`` and long letter runs two (soooo -> soo)."""
     text = _REPEATS.sub(r"\1\1", _URL.sub(" http ", text.lower()))
     return _TOKEN.findall(text)
+
+
+def has_words(text: str) -> bool:
+    return any(_WORD.fullmatch(token) for token in tokens(text))
 
 
 def features(words: Sequence[str]) -> list[str]:
@@ -88,6 +93,9 @@ def labelled(probabilities: Sequence[float], analyzer: str) -> Sentiment:
     )
 
 
+Weighted = tuple[float, tuple[float, float, float, float]]  # TF-IDF value, model entry
+
+
 @dataclass(frozen=True)
 class LinearModel:
     """Multinomial logistic regression over sublinear TF-IDF features, L2-normalised."""
@@ -108,17 +116,26 @@ class LinearModel:
 
     def probabilities(self, text: str) -> list[float]:
         words = tokens(text)
-        scores = list(self.bias)
+        return self.probabilities_of(self.known_features(words), lexicon_features(words))
+
+    def known_features(self, words: Sequence[str]) -> list[Weighted]:
+        """Each feature of the words that the model knows, with its TF-IDF value."""
         weighted = []
         for feature, count in Counter(features(words)).items():
             entry = self.weights.get(feature)
             if entry is not None:
                 weighted.append(((1.0 + math.log(count)) * entry[0], entry))
+        return weighted
+
+    def probabilities_of(
+        self, weighted: Sequence[Weighted], lexicon: tuple[float, float]
+    ) -> list[float]:
+        scores = list(self.bias)
         norm = math.sqrt(sum(value * value for value, _ in weighted)) or 1.0
         for value, (_, *classes) in weighted:
             for k in range(3):
                 scores[k] += value / norm * classes[k]
-        for value, row in zip(lexicon_features(words), self.lexicon_weights, strict=True):
+        for value, row in zip(lexicon, self.lexicon_weights, strict=True):
             for k in range(3):
                 scores[k] += value * row[k]
         top = max(scores)
@@ -143,7 +160,11 @@ class LinearAnalyzer:
         self.model = model or shipped_model()
 
     def analyze(self, text: str) -> Sentiment:
-        return labelled(self.model.probabilities(text), self.name)
+        words = tokens(text)
+        known, lexicon = self.model.known_features(words), lexicon_features(words)
+        if not known and not any(lexicon):  # the bias alone would pass for a calm post
+            return unscored(self)
+        return labelled(self.model.probabilities_of(known, lexicon), self.name)
 
 
 class VaderAnalyzer:
@@ -158,6 +179,8 @@ class VaderAnalyzer:
     def analyze(self, text: str) -> Sentiment:
         scores = self._vader.polarity_scores(text)
         compound = float(scores["compound"])
+        if compound == 0 and not has_words(text):  # no emoji it knows, no words to weigh
+            return unscored(self)
         label: SentimentLabel = (
             "positive" if compound >= 0.05 else "negative" if compound <= -0.05 else "neutral"
         )
@@ -171,8 +194,15 @@ def create_analyzer(name: AnalyzerName) -> SentimentAnalyzer:
     return LinearAnalyzer() if name == "linear" else VaderAnalyzer()
 
 
+def primary_language(tag: str) -> str:
+    """``en`` of ``en``, ``en-GB`` or ``en_US``: publishers write locales either way, and
+    analyzers name ISO 639-1 languages."""
+    return re.split(r"[-_]", tag.strip(), maxsplit=1)[0].lower()
+
+
 def unscored(analyzer: SentimentAnalyzer) -> Sentiment:
-    """What a post in a language the analyzer does not know gets: neutral, and says so."""
+    """What a post in a language the analyzer does not know gets, or one with nothing in
+    it the analyzer can judge (only emoji it lacks, say): neutral, and says so."""
     return Sentiment(
         label="neutral", score=0.0, confidence=0.0, analyzer=analyzer.name, scored=False
     )

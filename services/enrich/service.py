@@ -23,7 +23,12 @@ from services.enrich.customers import (
     parse_identity,
 )
 from services.enrich.repository import EnrichRepository, IdentityTaken
-from services.enrich.sentiment import LanguageDetector, SentimentAnalyzer, unscored
+from services.enrich.sentiment import (
+    LanguageDetector,
+    SentimentAnalyzer,
+    primary_language,
+    unscored,
+)
 from services.enrich.signals import IntentRules, influence, urgency
 from shared.events import (
     INTERACTION_ENRICHED,
@@ -79,7 +84,8 @@ def enrich_metrics() -> EnrichMetrics:
         seconds=Histogram("switchboard_enrich_seconds", "Time to enrich one interaction"),
         sentiment=Counter(
             "switchboard_enrich_sentiment",
-            "Enriched interactions by sentiment label (scored false: language not covered)",
+            "Enriched interactions by sentiment label (scored false: language not covered, or "
+            "nothing in the text to judge)",
             ["label", "scored"],
         ),
         tiers=Counter("switchboard_enrich_tiers", "Enriched interactions by tier", ["tier"]),
@@ -563,7 +569,7 @@ class EnrichService:
 
     def sentiment_of(self, text: str, language: str | None) -> Sentiment:
         """Scored when the language is one the analyzer knows, or could not be told."""
-        if language is not None and language.split("-")[0].lower() not in self.analyzer.languages:
+        if language is not None and primary_language(language) not in self.analyzer.languages:
             return unscored(self.analyzer)
         return self.analyzer.analyze(text)
 

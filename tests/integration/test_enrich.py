@@ -576,6 +576,17 @@ async def test_an_import_updates_a_merged_customer_by_each_of_its_crm_ids(enrich
     assert [c["id"] for c in everyone["customers"]] == [ada["id"]]
 
 
+async def test_a_post_tagged_with_a_regional_english_is_scored(enrich: Enrich) -> None:
+    post = interaction("@ada", text="This is terrible, I hate it").model_copy(
+        update={"language": "en_US"}
+    )
+    await enrich.send(post)
+    [result] = await enrich.enriched(1)
+
+    assert result.sentiment.scored
+    assert result.sentiment.label == "negative"
+
+
 @pytest.mark.parametrize("form", ["twitter:@Ada", "x:@Ada", "TWITTER:ada", "x:https://x.com/Ada"])
 async def test_an_identity_unlinks_in_any_form_it_links_in(enrich: Enrich, form: str) -> None:
     ada = await create(enrich, name="Ada", identities=[{"channel": "twitter", "handle": "@Ada"}])

@@ -12,9 +12,20 @@ from shared.events import Sentiment, Urgency
 
 # Default intent patterns in English, Spanish, French, German and Portuguese. Deployments
 # replace them with a JSON file of {"intent": ["regex", ...]} (SWITCHBOARD_ENRICH_INTENTS_FILE).
+#
+# An English cancellation threat is the customer's own act, present or coming ("cancel my",
+# "I'm cancelling", "going to cancel", "switching to Verizon"), not any cancel word: "my
+# order was cancelled", "nothing to cancel" and "switch to dark mode" are no threat.
 DEFAULT_INTENTS: dict[str, list[str]] = {
     "cancellation_threat": [
-        r"\b(cancel\w*|unsubscrib\w*|switch(ing)? to|clos(e|ing) my account|leaving you)\b",
+        r"\bcancel(l?ing)? (my|our|@\w+)\b",
+        r"\b(i['\u2019]?m|i am|we['\u2019]?re|we are) (cancell?ing|unsubscribing)\b",
+        r"\b(going to|gonna|about to|ready to|want to|wanna|(i|we)( will|['\u2019]ll)"
+        r"|thinking (of|about)|considering) (cancel(l?ing)?|unsubscrib(e|ing))\b",
+        # a competitor by its capitalised name or @handle, or any other provider
+        r"\bswitch(ing)? to ((?-i:[A-Z])|@\w|(another|a different|a better|a competitor)\b)",
+        r"\bswitch(ing)? (provider|carrier|network|bank|compan(y|ie))s\b",
+        r"\b(unsubscrib(e|ing)|clos(e|ing) (my|our) account|leaving you)\b",
         r"\b(cancelar|darme de baja|me cambio a)\b",
         r"\b(résilier|résiliation|je pars chez)\b",
         r"\b(kündig\w*|wechsle zu)\b",
@@ -43,8 +54,14 @@ DEFAULT_INTENTS: dict[str, list[str]] = {
 }
 
 
+# Links are left out of what intents are read from: a path like /help/cancel-order or a
+# query's "?" says nothing about what the author wants.
+_URL = re.compile(r"https?://\S+|www\.\S+", re.IGNORECASE)
+
+
 class IntentRules:
-    """Compiled once; an intent matches when any of its patterns is found (case-insensitive)."""
+    """Compiled once; an intent matches when any of its patterns is found (case-insensitive)
+    in the text without its links."""
 
     def __init__(self, patterns: Mapping[str, Sequence[str]] = DEFAULT_INTENTS) -> None:
         self.patterns = {
@@ -59,7 +76,8 @@ class IntentRules:
         return cls(json.loads(path.read_text(encoding="utf-8")))
 
     def detect(self, text: str) -> tuple[str, ...]:
-        return tuple(name for name, pattern in self.patterns.items() if pattern.search(text))
+        words = _URL.sub(" ", text)
+        return tuple(name for name, pattern in self.patterns.items() if pattern.search(words))
 
 
 def influence(followers: int, verified: bool, prior_posts: int = 0) -> float:
@@ -80,10 +98,12 @@ HIGH_INFLUENCE = 50.0  # about 15,000 followers, or fewer with verification and 
 
 
 def urgency(sentiment: Sentiment, intents: Sequence[str], reach: float) -> Urgency:
-    if "cancellation_threat" in intents or (
-        sentiment.label == "negative" and reach >= HIGH_INFLUENCE
-    ):
+    """High for a cancellation threat or an unhappy author with reach; low for a positive
+    post that asks nothing. A complaint counts as unhappy whatever the sentiment: its
+    words can score positive ("My parcel never arrived!!!": the '!' weighs positive)."""
+    unhappy = sentiment.label == "negative" or "complaint" in intents
+    if "cancellation_threat" in intents or (unhappy and reach >= HIGH_INFLUENCE):
         return "high"
-    if sentiment.label == "positive" and "question" not in intents:
+    if sentiment.label == "positive" and not {"question", "complaint"} & set(intents):
         return "low"
     return "normal"

@@ -125,7 +125,8 @@ class CustomerRef(Model):
 
 class Sentiment(Model):
     """How a post feels. ``scored`` is False when the analyzer does not know the post's
-    language: the neutral label is then a placeholder, not a judgement."""
+    language, or finds nothing in it to judge (only emoji it lacks, say): the neutral
+    label is then a placeholder, not a judgement."""
 
     label: SentimentLabel
     score: float = Field(ge=-1.0, le=1.0)  # negative .. positive

@@ -474,7 +474,9 @@ class EnrichService:
     ) -> EnrichedInteraction:
         """What the interaction says and who said it; ``posts``: the author's posts before."""
         text = interaction.text
-        language = interaction.language or self.detector.detect(text)
+        # Given as a locale or told by the detector, it goes on as rules compare it: ISO 639-1.
+        given = interaction.language and primary_language(interaction.language)
+        language = given or self.detector.detect(text)
         sentiment = self.sentiment_of(text, language)
         intents = self.intents.detect(text)
         author = interaction.author
@@ -569,7 +571,7 @@ class EnrichService:
 
     def sentiment_of(self, text: str, language: str | None) -> Sentiment:
         """Scored when the language is one the analyzer knows, or could not be told."""
-        if language is not None and primary_language(language) not in self.analyzer.languages:
+        if language is not None and language not in self.analyzer.languages:
             return unscored(self.analyzer)
         return self.analyzer.analyze(text)
 

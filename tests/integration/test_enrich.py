@@ -576,7 +576,7 @@ async def test_an_import_updates_a_merged_customer_by_each_of_its_crm_ids(enrich
     assert [c["id"] for c in everyone["customers"]] == [ada["id"]]
 
 
-async def test_a_post_tagged_with_a_regional_english_is_scored(enrich: Enrich) -> None:
+async def test_a_post_tagged_with_a_regional_english_is_scored_as_english(enrich: Enrich) -> None:
     post = interaction("@ada", text="This is terrible, I hate it").model_copy(
         update={"language": "en_US"}
     )
@@ -585,6 +585,7 @@ async def test_a_post_tagged_with_a_regional_english_is_scored(enrich: Enrich) -
 
     assert result.sentiment.scored
     assert result.sentiment.label == "negative"
+    assert result.language == "en"  # as routing rules compare it
 
 
 @pytest.mark.parametrize("form", ["twitter:@Ada", "x:@Ada", "TWITTER:ada", "x:https://x.com/Ada"])

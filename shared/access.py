@@ -48,6 +48,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.events import ACCESS_KEY_CHANGED, AccessKey, CloudEvent, Role, utcnow
+from shared.http import not_found
 from shared.mongo import Document
 from shared.outbox import Outbox
 from shared.topics import Topics
@@ -410,7 +411,7 @@ async def list_keys(
 async def get_key(key_id: str, keys: Keys) -> dict[str, Any]:
     record = await keys.get(key_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
+        raise not_found("key_id", "key")
     return key_out(record)
 
 
@@ -420,5 +421,5 @@ async def revoke_key(key_id: str, keys: Keys) -> dict[str, Any]:
     event (normally well under a second)."""
     record = await keys.revoke(key_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key")
+        raise not_found("key_id", "key")
     return key_out(record)

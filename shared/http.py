@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,6 +38,16 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
             loc = loc[1:]
         out.append({"field": ".".join(loc) or "body", "reason": reason})
     return out
+
+
+def field_problem(field: str, reason: str, code: int = 422) -> HTTPException:
+    """An error answer shaped as validation errors are: the field, and the reason."""
+    return HTTPException(code, [{"field": field, "reason": reason}])
+
+
+def not_found(field: str, what: str) -> HTTPException:
+    """A 404 naming the path parameter that matched nothing."""
+    return field_problem(field, f"no such {what}", status.HTTP_404_NOT_FOUND)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

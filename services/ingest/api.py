@@ -7,7 +7,7 @@ import json
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -34,7 +34,7 @@ from shared.access import (
 )
 from shared.egress import EndpointRefused
 from shared.events import Channel, Role
-from shared.http import app_service, public
+from shared.http import app_service, field_problem, not_found, public
 
 router = APIRouter(prefix="/v1")
 
@@ -195,7 +195,7 @@ async def get_interaction(
     publisher sees only its own."""
     found = await service.get(interaction_id)
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such interaction")
+        raise not_found("interaction_id", "interaction")
     require_subject(caller, found["publisher_id"], "interaction")
     return found
 
@@ -207,7 +207,7 @@ async def get_journey(interaction_id: str, service: Service) -> dict[str, Any]:
     attempt. Built from the events the services publish."""
     found = await service.journey(interaction_id)
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such interaction")
+        raise not_found("interaction_id", "interaction")
     return found
 
 
@@ -250,7 +250,7 @@ async def list_publishers(service: Service) -> list[dict[str, Any]]:
 async def revoke_publisher(publisher_id: str, service: Service, keys: Keys) -> None:
     """The publisher and every key it has are refused from now on."""
     if not await service.revoke_publisher(publisher_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such active publisher")
+        raise not_found("publisher_id", "active publisher")
     await keys.revoke_subject(Role.PUBLISHER, publisher_id)
 
 
@@ -261,9 +261,7 @@ async def create_feed(payload: FeedIn, service: Service, settings: Settings) -> 
     try:
         return public(await service.create_feed(payload, settings.allow_hosts))
     except EndpointRefused as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, [{"field": "url", "reason": str(exc)}]
-        ) from exc
+        raise field_problem("url", str(exc)) from exc
 
 
 @router.get("/feeds", dependencies=[AdminOnly])
@@ -274,4 +272,4 @@ async def list_feeds(service: Service) -> list[dict[str, Any]]:
 @router.delete("/feeds/{feed_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[AdminOnly])
 async def delete_feed(feed_id: str, service: Service) -> None:
     if not await service.delete_feed(feed_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such feed")
+        raise not_found("feed_id", "feed")

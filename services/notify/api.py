@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -13,7 +13,7 @@ from services.notify.service import NotifyService, SubscriptionIn
 from shared.access import AdminOnly, AdminOrOperator
 from shared.audit import record_change
 from shared.egress import EndpointRefused
-from shared.http import app_service, public
+from shared.http import app_service, not_found, public
 from shared.mongo import epoch_ms
 
 router = APIRouter(prefix="/v1")
@@ -61,7 +61,7 @@ async def rotate_secret(subscription_id: str, service: Service, request: Request
     signature for each secret, so receivers can switch without missing one."""
     secret = await service.rotate_secret(subscription_id)
     if secret is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+        raise not_found("subscription_id", "subscription")
     record_change(request, {"secret": "previous"}, {"secret": "rotated"})  # never the values
     return {"id": subscription_id, "secret": secret}
 
@@ -80,7 +80,7 @@ async def set_enabled(
     before = await service.get_subscription(subscription_id)
     subscription = await service.set_enabled(subscription_id, payload.enabled)
     if before is None or subscription is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+        raise not_found("subscription_id", "subscription")
     record_change(request, subscription_out(before), subscription_out(subscription))
     return subscription_out(subscription)
 
@@ -89,7 +89,7 @@ async def set_enabled(
 async def get_subscription(subscription_id: str, service: Service) -> dict[str, Any]:
     subscription = await service.get_subscription(subscription_id)
     if subscription is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+        raise not_found("subscription_id", "subscription")
     return subscription_out(subscription)
 
 
@@ -122,7 +122,7 @@ async def list_attempts(delivery_id: str, service: Service) -> list[dict[str, An
     """Every attempt at one delivery: when, status, latency and a response excerpt."""
     attempts = await service.list_attempts(delivery_id)
     if attempts is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such delivery")
+        raise not_found("delivery_id", "delivery")
     return attempts
 
 
@@ -135,7 +135,7 @@ async def replay_delivery(delivery_id: str, service: Service) -> dict[str, Any]:
     """Send a delivered, dead or cancelled delivery again, under the same webhook-id."""
     replayed = await service.replay(delivery_id)
     if replayed is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such finished delivery")
+        raise not_found("delivery_id", "finished delivery")
     return delivery_out(replayed)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, Path, Request, status
 
 from services.router.policy import CONDITION_VARIABLES, Policy, PolicyError, PolicyIn
 from services.router.service import (
@@ -31,7 +31,7 @@ from shared.access import (
 )
 from shared.audit import record_change
 from shared.events import EnrichedInteraction, Role
-from shared.http import app_service, public
+from shared.http import app_service, field_problem, not_found, public
 
 router = APIRouter(prefix="/v1")
 
@@ -65,7 +65,7 @@ async def get_agent(agent_id: str, service: Service, caller: Caller) -> dict[str
     require_subject(caller, agent_id, "agent")
     agent = await service.get_agent(agent_id)
     if agent is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such agent")
+        raise not_found("agent_id", "agent")
     return agent_out(agent)
 
 
@@ -80,7 +80,7 @@ async def update_agent(agent_id: str, payload: AgentPatch, service: Service) -> 
     """Name, skills or capacity; more capacity offers waiting work at once."""
     agent = await service.update_agent(agent_id, payload)
     if agent is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such agent")
+        raise not_found("agent_id", "agent")
     return agent_out(agent)
 
 
@@ -92,7 +92,7 @@ async def set_presence(
     require_subject(caller, agent_id, "agent")
     agent = await service.set_presence(agent_id, payload.presence)
     if agent is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such agent")
+        raise not_found("agent_id", "agent")
     return agent_out(agent)
 
 
@@ -116,9 +116,7 @@ async def save_policy(
     try:
         saved = policy_out(await service.save_policy(payload, saved_by=caller.key_id))
     except PolicyError as error:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, [{"field": error.field, "reason": error.reason}]
-        ) from error
+        raise field_problem(error.field, error.reason) from error
     record_change(request, before, saved)
     return saved
 
@@ -129,7 +127,7 @@ async def get_policy_version(
 ) -> dict[str, Any]:
     stored = await service.policy_version(version)
     if stored is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such policy version")
+        raise not_found("version", "policy version")
     return {"version": stored["_id"], **stored["policy"], "saved_at": stored["saved_at"]}
 
 
@@ -160,7 +158,7 @@ async def get_item(interaction_id: str, service: Service, caller: Caller) -> dic
     """An item's state; an agent sees only the items offered or assigned to it."""
     item = await service.get_item(interaction_id)
     if item is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item")
+        raise not_found("interaction_id", "item")
     require_subject(caller, item.get("agent_id"), "item")
     return item_out(item)
 
@@ -171,7 +169,7 @@ async def item_decision(interaction_id: str, service: Service) -> dict[str, Any]
     offer with each agent and why it was or was not chosen, and every later step."""
     record = await service.decision_record(interaction_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item")
+        raise not_found("interaction_id", "item")
     return record
 
 
@@ -184,8 +182,8 @@ async def act_on_item(
     try:
         return item_out(await service.act(str(agent.subject), interaction_id, action))
     except ItemNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item") from exc
+        raise not_found("interaction_id", "item") from exc
     except NotYours as exc:
         raise forbidden("this item is not with this agent") from exc
     except ActionRefused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        raise field_problem("action", str(exc), status.HTTP_409_CONFLICT) from exc

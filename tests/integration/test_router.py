@@ -302,8 +302,11 @@ async def test_only_the_agent_holding_an_item_may_act_on_it(router: Router) -> N
 
     assert by_other.status_code == 403
     assert too_early.status_code == 409
+    [conflict] = too_early.json()["detail"]
+    assert conflict["field"] == "action"
     assert anonymous.status_code == 401
     assert unknown.status_code == 404
+    assert unknown.json()["detail"] == [{"field": "interaction_id", "reason": "no such item"}]
     assert accepted.status_code == 200
     assert resolved_by_other.status_code == 403
     assert read_by_other.status_code == 403

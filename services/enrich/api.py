@@ -17,11 +17,18 @@ from services.enrich.customers import (
     json_rows,
     lines_of,
 )
-from services.enrich.repository import IdentityTaken
-from services.enrich.service import CrmIdTaken, EnrichService, IdentityNotHeld, UnknownTier
+from services.enrich.repository import MERGING, IdentityTaken
+from services.enrich.service import (
+    CrmIdTaken,
+    EnrichService,
+    IdentityNotHeld,
+    MergeRefused,
+    UnknownCustomer,
+    UnknownTier,
+)
 from shared.access import AdminOnly, AdminOrOperator
 from shared.events import Channel
-from shared.http import app_service, public
+from shared.http import app_service, not_found, public
 
 router = APIRouter(prefix="/v1")
 
@@ -45,16 +52,21 @@ def taken(error: IdentityTaken) -> HTTPException:
     )
 
 
+def shown(customer: Document) -> Document:
+    """A profile as the API shows it: without the mark a merge under way leaves on it."""
+    return public(customer, hide=(MERGING,))
+
+
 def found(customer: Document | None) -> Document:
     if customer is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
-    return public(customer)
+    return shown(customer)
 
 
 @router.post("/customers", status_code=status.HTTP_201_CREATED, dependencies=[AdminOnly])
 async def create_customer(payload: CustomerIn, service: Service) -> Document:
     try:
-        return public(await service.create_customer(payload))
+        return shown(await service.create_customer(payload))
     except UnknownTier as error:
         raise field_problem("tier", str(error)) from error
     except IdentityTaken as error:
@@ -86,7 +98,7 @@ async def search_customers(
         limit=limit,
         offset=offset,
     )
-    return {"customers": [public(c) for c in customers]}
+    return {"customers": [shown(c) for c in customers]}
 
 
 @router.post("/customers:import", dependencies=[AdminOnly])
@@ -149,8 +161,17 @@ async def erase_customer(customer_id: str, service: Service) -> Response:
 
 @router.post("/customers/{customer_id}:merge", dependencies=[AdminOnly])
 async def merge_customers(customer_id: str, payload: MergeIn, service: Service) -> Document:
-    """Move ``merge_id``'s identities and history here; its id resolves here from now on."""
-    return found(await service.merge(customer_id, payload.merge_id))
+    """Move ``merge_id``'s identities and history here; its id resolves here from now on.
+    Merging a CRM customer into a prospect merges the prospect into the customer: the
+    answer is the customer's profile. 404 names an id that matches nobody; 409 names
+    one merged away already, the customer itself as ``merge_id``, or one another merge
+    holds."""
+    try:
+        return found(await service.merge(customer_id, payload.merge_id))
+    except UnknownCustomer as error:
+        raise not_found(error.field, "customer") from error
+    except MergeRefused as error:
+        raise field_problem(error.field, error.reason, status.HTTP_409_CONFLICT) from error
 
 
 @router.post(

@@ -9,6 +9,10 @@ secondary indexes scan for ``$in`` and miss equality matches on array fields.
 Identities live in their own collection keyed by the normalised identity, so that one
 identity belongs to one customer by construction (the primary key). A merged-away
 profile leaves an alias (old id -> survivor) so that its id keeps resolving.
+
+The store has no multi-document transactions, so a merge marks both profiles (field
+``merging``) before it writes, and each of its writes is conditioned on that mark: two
+merges sharing a profile take turns, and an interrupted one is finished by repeating it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
@@ -32,6 +37,44 @@ class IdentityTaken(Exception):
     def __init__(self, identities: Sequence[str]) -> None:
         super().__init__(", ".join(identities))
         self.identities = list(identities)
+
+
+MERGING = "merging"  # on a profile a merge holds: the merge's mark
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One profile merging into another, and the marks it leaves on both while it runs."""
+
+    survivor: str
+    other: str
+
+    @property
+    def mark(self) -> str:
+        return f"{self.other}>{self.survivor}"
+
+    @property
+    def applied(self) -> str:
+        """The survivor's mark once the other's history is added: never added twice."""
+        return f"{self.mark} applied"
+
+    def holds(self, profile: Document) -> bool:
+        return profile.get(MERGING) in (self.mark, self.applied)
+
+
+def merge_of(mark: str) -> str:
+    """A mark as words, for the answer to a merge that has to wait for it."""
+    other, _, survivor = mark.removesuffix(" applied").partition(">")
+    return f"a merge of {other} into {survivor}"
+
+
+class MergeBusy(Exception):
+    """Another merge holds the profile."""
+
+    def __init__(self, customer_id: str, mark: str) -> None:
+        super().__init__(f"{merge_of(mark)} holds {customer_id}")
+        self.customer_id = customer_id
+        self.mark = mark
 
 
 class EnrichRepository:
@@ -234,24 +277,67 @@ class EnrichRepository:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def merge(self, survivor: Document, other: Document, merged: Document) -> None:
-        """Move the other's identities and aliases to the survivor, then drop the other.
+    async def alias_of(self, customer_id: str) -> str | None:
+        """The profile a merged-away id resolves to, if it is one."""
+        alias = await self.aliases.find_one({"_id": customer_id})
+        return str(alias["customer_id"]) if alias else None
 
-        Ordered so that a retry after a crash finishes the job: the alias first (so the
-        old id resolves at every step), the profile's removal last.
+    async def hold(self, merge: Merge, customer_id: str) -> Document | None:
+        """Mark the profile as the merge's (an earlier attempt of it may have): the
+        profile, None if gone. Raises MergeBusy when another merge holds it."""
+        held = await self.customers.find_one_and_update(
+            {"_id": customer_id, MERGING: {"$in": [None]}},
+            {"$set": {MERGING: merge.mark}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if held is not None:
+            return held
+        current = await self.customers.find_one({"_id": customer_id})
+        if current is None or merge.holds(current):
+            return current
+        if current.get(MERGING) is None:  # let go since we tried
+            return await self.hold(merge, customer_id)
+        raise MergeBusy(customer_id, str(current[MERGING]))
+
+    async def let_go(self, merge: Merge, customer_id: str, *, applied: bool = True) -> None:
+        """Remove the merge's mark (``applied=False``: only if the history is not in yet)."""
+        marks = [merge.mark, merge.applied] if applied else [merge.mark]
+        await self.customers.update_one(
+            {"_id": customer_id, MERGING: {"$in": marks}}, {"$unset": {MERGING: ""}}
+        )
+
+    async def merge(self, merge: Merge, missing: Document, history: Document) -> None:
+        """Move the other's identities, emails, CRM ids and aliases to the survivor, give
+        the survivor the fields it lacks, and add the other's history to it once.
+
+        Only updates of the survivor, so what it gained since it was read stays. Ordered
+        so that repeating it finishes the job: the alias first (the old id resolves at
+        every step), the history last, under the survivor's mark, which it then marks
+        applied.
         """
-        await self.aliases.replace_one(
-            {"_id": other["_id"]}, {"_id": other["_id"], "customer_id": survivor["_id"]}, True
-        )
-        await self.aliases.update_many(
-            {"customer_id": other["_id"]}, {"$set": {"customer_id": survivor["_id"]}}
-        )
-        for keyed in (self.identities, self.emails, self.crm_ids):
-            await keyed.update_many(
-                {"customer_id": other["_id"]}, {"$set": {"customer_id": survivor["_id"]}}
+        await self.move_keys(merge)
+        for key, value in missing.items():  # one write each: only if still missing
+            await self.customers.update_one(
+                {"_id": merge.survivor, key: {"$exists": False}}, {"$set": {key: value}}
             )
-        await self.customers.replace_one({"_id": survivor["_id"]}, merged)
-        await self.customers.delete_one({"_id": other["_id"]})
+        await self.customers.update_one(
+            {"_id": merge.survivor, MERGING: merge.mark},
+            {**history, "$set": {**history.get("$set", {}), MERGING: merge.applied}},
+        )
+
+    async def move_keys(self, merge: Merge) -> None:
+        """Point the other's alias, aliases and keyed lookups at the survivor."""
+        await self.aliases.replace_one(
+            {"_id": merge.other}, {"_id": merge.other, "customer_id": merge.survivor}, True
+        )
+        for keyed in (self.aliases, self.identities, self.emails, self.crm_ids):
+            await keyed.update_many(
+                {"customer_id": merge.other}, {"$set": {"customer_id": merge.survivor}}
+            )
+
+    async def drop_merged(self, merge: Merge) -> Document | None:
+        """Remove the merged-away profile; it as it was at the end (None if gone)."""
+        return await self.customers.find_one_and_delete({"_id": merge.other, MERGING: merge.mark})
 
     async def erase(self, customer_id: str) -> bool:
         """Remove the profile, its identities, emails and aliases; True if it existed."""

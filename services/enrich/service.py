@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterable, Sequence
@@ -22,7 +24,14 @@ from services.enrich.customers import (
     RowProblem,
     parse_identity,
 )
-from services.enrich.repository import EnrichRepository, IdentityTaken
+from services.enrich.repository import (
+    MERGING,
+    EnrichRepository,
+    IdentityTaken,
+    Merge,
+    MergeBusy,
+    merge_of,
+)
 from services.enrich.sentiment import (
     LanguageDetector,
     SentimentAnalyzer,
@@ -51,6 +60,13 @@ from shared.tracing import Spans, child_of, trace_id
 SOURCE = "/switchboard/enrich"
 log = get_logger(__name__)
 MAX_REPORTED_PROBLEMS = 1_000
+MERGE_POLL_S = 0.05  # how often a merge looks again at a profile another merge holds
+
+# How a merge combines the two profiles' history; any other field the survivor has, it keeps.
+JOINED = ("emails", "tags", "identities")
+SUMMED = ("posts",)
+LARGEST = ("value", "followers")
+NOT_COPIED = frozenset({"_id", MERGING, "updated_at", *SUMMED, *LARGEST})
 
 
 class UnknownTier(ValueError):
@@ -60,6 +76,32 @@ class UnknownTier(ValueError):
 
 class CrmIdTaken(Exception):
     """Another profile already has this CRM id."""
+
+
+class UnknownCustomer(LookupError):
+    """The id given as ``field`` names no customer, nor one merged away."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field}: no such customer")
+        self.field = field
+
+
+class MergeRefused(Exception):
+    """A merge that cannot be done as asked; ``field`` names the id in the way."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class MergeHindered(Exception):
+    """A profile of a merge is gone, or another merge held it for too long."""
+
+    def __init__(self, customer_id: str, reason: str) -> None:
+        super().__init__(f"{customer_id}: {reason}")
+        self.customer_id = customer_id
+        self.reason = reason
 
 
 class IdentityNotHeld(LookupError):
@@ -124,18 +166,32 @@ def customer_ref(doc: Document) -> CustomerRef:
     )
 
 
-def merged_profile(survivor: Document, other: Document) -> Document:
-    """The survivor's fields, the union of both lists, and the sum of their history."""
-    merged = dict(survivor)
-    for key in ("emails", "tags", "identities"):
-        merged[key] = sorted({*survivor.get(key, []), *other.get(key, [])})
-    merged["value"] = max(float(survivor.get("value", 0)), float(other.get("value", 0)))
-    merged["posts"] = int(survivor.get("posts", 0)) + int(other.get("posts", 0))
-    merged["followers"] = max(int(survivor.get("followers", 0)), int(other.get("followers", 0)))
-    if survivor.get("tier") == PROSPECT:  # the CRM's profile knows better
-        merged["tier"] = other.get("tier", PROSPECT)
-    merged["updated_at"] = now_iso()
-    return merged
+def is_prospect(profile: Document) -> bool:
+    return profile.get("tier") == PROSPECT
+
+
+def missing_fields(survivor: Document, other: Document) -> Document:
+    """The other's fields the survivor lacks (lists too: the embedded store's $addToSet
+    does not start a list)."""
+    return {k: v for k, v in other.items() if k not in NOT_COPIED and k not in survivor}
+
+
+def history_of(other: Document, counted: Document | None = None) -> Document:
+    """The other's history as an update of the survivor, less what ``counted`` (an earlier
+    read of the other) has added already: identities, emails and tags join the
+    survivor's, posts add up, value and followers keep the larger."""
+    counted = counted or {}
+    update: Document = {}
+    joined = {k: sorted(set(other.get(k, [])) - set(counted.get(k, []))) for k in JOINED}
+    if any(joined.values()):
+        update["$addToSet"] = {k: {"$each": items} for k, items in joined.items() if items}
+    posts = int(other.get("posts", 0)) - int(counted.get("posts", 0))
+    if posts > 0:
+        update["$inc"] = {"posts": posts}
+    larger = {k: other[k] for k in LARGEST if k in other and other[k] != counted.get(k)}
+    if larger:
+        update["$max"] = larger
+    return update
 
 
 class EnrichService:
@@ -152,6 +208,7 @@ class EnrichService:
         intents: IntentRules | None = None,
         tiers: Sequence[str] = (),
         import_batch: int = 500,
+        merge_patience_s: float = 2.0,
     ) -> None:
         self.repository = repository
         self.outbox = outbox
@@ -161,6 +218,7 @@ class EnrichService:
         self.intents = intents or IntentRules()
         self.tiers = tuple(tiers) or DEFAULT_TIERS
         self.import_batch = import_batch
+        self.merge_patience_s = merge_patience_s  # how long a merge waits for another
         self.metrics = enrich_metrics()
 
     # -- profiles -----------------------------------------------------------------
@@ -210,9 +268,9 @@ class EnrichService:
     async def absorb(self, customer_id: str, prospects: Sequence[str]) -> None:
         """Merge prospects seen before the CRM knew them into the customer."""
         for prospect_id in prospects:
-            prospect = await self.repository.customers.find_one({"_id": prospect_id})
-            if prospect is not None:
-                await self.merge_profiles(customer_id, prospect)
+            # Merged elsewhere or erased meanwhile: claiming its identities then tells.
+            with contextlib.suppress(MergeHindered):
+                await self.merge_profiles(Merge(customer_id, prospect_id))
 
     async def get_customer(self, customer_id: str) -> Document | None:
         return await self.repository.find_customer(customer_id)
@@ -284,19 +342,107 @@ class EnrichService:
         )
 
     async def merge(self, survivor_id: str, other_id: str) -> Document | None:
-        """Merge ``other_id`` into ``survivor_id``; None if either is unknown."""
-        survivor = await self.repository.find_customer(survivor_id)
-        other = await self.repository.find_customer(other_id)
-        if survivor is None or other is None:
-            return None
-        if survivor["_id"] != other["_id"]:
-            await self.merge_profiles(survivor["_id"], other)
-        return await self.repository.find_customer(survivor["_id"])
+        """Merge ``other_id`` into ``survivor_id``; the survivor as it is after.
 
-    async def merge_profiles(self, survivor_id: str, other: Document) -> None:
-        survivor = await self.repository.customers.find_one({"_id": survivor_id})
-        if survivor is not None:
-            await self.repository.merge(survivor, other, merged_profile(survivor, other))
+        The survivor keeps its fields and takes those it lacks from the other; identities,
+        emails and tags join, posts add up, value and followers keep the larger. A
+        prospect never absorbs a CRM customer: asked to merge a customer into a prospect,
+        this merges the prospect into the customer (as creating the customer would have),
+        so the customer's profile and id are the answer and the prospect's id resolves to
+        them. Repeating an interrupted merge finishes it.
+
+        Raises UnknownCustomer for an id that names nobody, MergeRefused for the same
+        customer twice, an id merged away already, or one another merge holds.
+        """
+        merge = Merge(survivor_id, other_id)
+        survivor = await self.merge_party(survivor_id, "customer_id")
+        if not merge.holds(survivor):  # a new merge, not one interrupted
+            other = await self.merge_party(other_id, "merge_id")
+            if other_id == survivor_id:
+                raise MergeRefused("merge_id", "is the customer itself")
+            if is_prospect(survivor) and not is_prospect(other):
+                merge = Merge(other_id, survivor_id)
+        try:
+            await self.merge_profiles(merge)
+        except MergeHindered as error:
+            field = "customer_id" if error.customer_id == survivor_id else "merge_id"
+            raise MergeRefused(field, error.reason) from error
+        return await self.repository.find_customer(merge.survivor)
+
+    async def merge_party(self, customer_id: str, field: str) -> Document:
+        """The profile stored under the id, which a merge may take part in."""
+        profile = await self.repository.customers.find_one({"_id": customer_id})
+        if profile is not None:
+            return profile
+        survivor = await self.repository.alias_of(customer_id)
+        if survivor is None:
+            raise UnknownCustomer(field)
+        raise MergeRefused(field, f"was merged into {survivor} already")
+
+    async def merge_profiles(self, merge: Merge) -> None:
+        """Move the other's identities and history to the survivor, then drop the other.
+
+        Both profiles are marked first, so that a merge sharing one waits for this one
+        to end; the survivor is only updated, never rewritten. Raises MergeHindered when
+        a profile is gone, or another merge holds one for longer than the patience.
+        """
+        survivor, other = await self.hold_both(merge)
+        if other is not None:  # None: an interrupted repeat that had dropped it already
+            history = {**history_of(other), "$set": {"updated_at": now_iso()}}
+            await self.repository.merge(merge, missing_fields(survivor, other), history)
+            dropped = await self.repository.drop_merged(merge)
+            await self.add_late_history(merge, history_of(dropped, other) if dropped else {})
+        await self.repository.let_go(merge, merge.survivor)
+
+    async def hold_both(self, merge: Merge) -> tuple[Document, Document | None]:
+        """Both profiles, marked for the merge. Marked in id order, so that two merges of
+        one pair (A into B, B into A) do not each hold one and wait for the other: the
+        second waits, then finds its profile merged away."""
+        held: dict[str, Document | None] = {}
+        try:
+            for customer_id in sorted((merge.survivor, merge.other)):
+                held[customer_id] = await self.hold(merge, customer_id)
+            survivor, other = held[merge.survivor], held[merge.other]
+            if survivor is None:
+                raise MergeHindered(merge.survivor, await self.gone(merge.survivor))
+            if other is None and survivor.get(MERGING) != merge.applied:
+                raise MergeHindered(merge.other, await self.gone(merge.other))
+        except (MergeBusy, MergeHindered) as error:
+            # Nothing was added to the survivor under a mark not yet applied: let go.
+            for customer_id in (merge.survivor, merge.other):
+                await self.repository.let_go(merge, customer_id, applied=False)
+            if isinstance(error, MergeBusy):
+                raise MergeHindered(
+                    error.customer_id,
+                    f"{merge_of(error.mark)} holds it: try again, or repeat that merge "
+                    "if it was interrupted",
+                ) from error
+            raise
+        return survivor, other
+
+    async def hold(self, merge: Merge, customer_id: str) -> Document | None:
+        """The repository's hold, waiting up to the patience for another merge to end."""
+        deadline = time.monotonic() + self.merge_patience_s
+        while True:
+            try:
+                return await self.repository.hold(merge, customer_id)
+            except MergeBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(MERGE_POLL_S)
+
+    async def gone(self, customer_id: str) -> str:
+        survivor = await self.repository.alias_of(customer_id)
+        return f"was merged into {survivor}" if survivor else "was erased"
+
+    async def add_late_history(self, merge: Merge, late: Document) -> None:
+        """Add what the other gained after it was read (a post counted by a batch under
+        way), once it is gone. Done once, not on a repeat: it never counts twice."""
+        if late:
+            await self.repository.move_keys(merge)  # an identity it claimed meanwhile
+            await self.repository.update_customer(
+                merge.survivor, {**late, "$set": {"updated_at": now_iso()}}
+            )
 
     async def erase_customer(self, customer_id: str) -> bool:
         customer = await self.repository.find_customer(customer_id)
@@ -605,7 +751,9 @@ class EnrichService:
     ) -> Document:
         """Give the identity to the customer the email names, absorbing its prospect."""
         if prospect is not None:
-            await self.merge_profiles(customer["_id"], prospect)
+            # Held by another merge for long, or gone: the next post tries again.
+            with contextlib.suppress(MergeHindered):
+                await self.merge_profiles(Merge(customer["_id"], prospect["_id"]))
         else:
             await self.repository.claim_identity(identity, customer["_id"])
             await self.repository.update_customer(

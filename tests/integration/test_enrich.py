@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from services.enrich.config import EnrichSettings
 from services.enrich.main import create_app
+from services.enrich.repository import EnrichRepository
 from services.enrich.signals import HIGH_INFLUENCE
 from shared.embedded import EmbeddedStack
 from shared.events import (
@@ -623,3 +625,175 @@ async def test_unlinking_an_identity_the_customer_lacks_names_it(enrich: Enrich)
     assert unknown_channel.status_code == 422
     assert "unknown channel" in unknown_channel.json()["detail"][0]["reason"]
     assert nobody.status_code == 404
+
+
+async def merge(enrich: Enrich, customer_id: str, merge_id: str) -> httpx.Response:
+    return await enrich.http.post(
+        f"/v1/customers/{customer_id}:merge",
+        json={"merge_id": merge_id},
+        headers=admin_headers(),
+        timeout=30,  # a merge may wait for another that holds its profiles
+    )
+
+
+async def profile(enrich: Enrich, customer_id: str) -> dict[str, Any]:
+    response = await enrich.http.get(f"/v1/customers/{customer_id}", headers=admin_headers())
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_a_merge_keeps_what_the_survivor_gained_while_it_ran(
+    enrich: Enrich, client: AsyncMongoClient[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ada = await create(enrich, name="Ada", tier="gold", identities=["twitter:ada"])
+    old = await create(enrich, name="Ada L", identities=["instagram:ada.l"])
+    store = client[enrich.settings.mongo.database("enrich")]
+    write_merge = EnrichRepository.merge
+
+    async def after_another_replica_wrote(self: EnrichRepository, *args: Any) -> Any:
+        # Between the merge's reads and its write, the stream counts a post of Ada's and
+        # an operator links a handle to her.
+        await store["customers"].update_one({"_id": ada["id"]}, {"$inc": {"posts": 1}})
+        await store["identities"].insert_one({"_id": "forum:ada", "customer_id": ada["id"]})
+        await store["customers"].update_one(
+            {"_id": ada["id"]}, {"$addToSet": {"identities": "forum:ada"}}
+        )
+        return await write_merge(self, *args)
+
+    monkeypatch.setattr(EnrichRepository, "merge", after_another_replica_wrote)
+    merged = await merge(enrich, ada["id"], old["id"])
+    stored = await profile(enrich, ada["id"])
+
+    assert merged.status_code == 200, merged.text
+    assert stored["posts"] == 1
+    assert sorted(stored["identities"]) == ["forum:ada", "instagram:ada.l", "twitter:ada"]
+    assert stored["tier"] == "gold"
+
+
+async def test_merges_in_opposite_directions_at_once_leave_one_profile(enrich: Enrich) -> None:
+    ada = await create(enrich, name="Ada", tier="gold", identities=["twitter:ada"])
+    grace = await create(enrich, name="Grace", tier="silver", identities=["twitter:grace"])
+
+    answers = await asyncio.gather(
+        merge(enrich, ada["id"], grace["id"]), merge(enrich, grace["id"], ada["id"])
+    )
+    [won] = [a for a in answers if a.status_code == 200]
+    [refused] = [a for a in answers if a.status_code != 200]
+    survivor = won.json()["id"]
+    await enrich.send(interaction("@ada"), interaction("@grace"))
+    results = await enrich.enriched(2)
+    everyone = (await enrich.http.get("/v1/customers", headers=admin_headers())).json()
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"][0]["field"] == "customer_id"
+    assert "merged into" in refused.json()["detail"][0]["reason"]
+    assert sorted(won.json()["identities"]) == ["twitter:ada", "twitter:grace"]
+    assert [c["id"] for c in everyone["customers"]] == [survivor]
+    assert {(await profile(enrich, c["id"]))["id"] for c in (ada, grace)} == {survivor}
+    assert {r.customer.id for r in results} == {survivor}
+
+
+async def test_a_customer_merged_into_a_prospect_keeps_its_crm_profile(enrich: Enrich) -> None:
+    await enrich.send(interaction("@early_bird", followers=10))
+    [first] = await enrich.enriched(1)
+    ada = await create(
+        enrich,
+        name="Ada Lovelace",
+        tier="gold",
+        value=5_000,
+        crm_id="crm-ada",
+        emails=["ada@example.com"],
+        identities=["twitter:ada_l"],
+    )
+
+    merged = await merge(enrich, first.customer.id, ada["id"])
+    by_prospect_id = await profile(enrich, first.customer.id)
+    await enrich.send(interaction("@early_bird"))
+    second = (await enrich.enriched(2))[1]
+
+    assert merged.status_code == 200, merged.text
+    body = merged.json()
+    assert body["id"] == ada["id"]  # the customer absorbs the prospect, as on creation
+    assert (body["name"], body["crm_id"], body["tier"]) == ("Ada Lovelace", "crm-ada", "gold")
+    assert (body["value"], body["emails"], body["created_at"]) == (
+        5_000,
+        ["ada@example.com"],
+        ada["created_at"],
+    )
+    assert sorted(body["identities"]) == ["twitter:ada_l", "twitter:early_bird"]
+    assert (body["posts"], body["followers"]) == (1, 10)  # the prospect's history moved
+    assert by_prospect_id == body
+    assert (second.customer.id, second.customer.tier) == (ada["id"], "gold")
+
+
+async def test_a_merge_of_a_merged_away_unknown_or_same_id_is_refused_naming_it(
+    enrich: Enrich,
+) -> None:
+    ada = await create(enrich, name="Ada", identities=["twitter:ada"])
+    old = await create(enrich, name="Ada L", identities=["twitter:ada_l"])
+    grace = await create(enrich, name="Grace")
+    assert (await merge(enrich, ada["id"], old["id"])).status_code == 200
+
+    again = await merge(enrich, ada["id"], old["id"])
+    into_merged = await merge(enrich, old["id"], grace["id"])
+    itself = await merge(enrich, ada["id"], ada["id"])
+    unknown = await merge(enrich, ada["id"], "nobody")
+    nobody = await merge(enrich, "nobody", ada["id"])
+
+    assert (again.status_code, again.json()["detail"][0]["field"]) == (409, "merge_id")
+    assert ada["id"] in again.json()["detail"][0]["reason"]
+    assert (into_merged.status_code, into_merged.json()["detail"][0]["field"]) == (
+        409,
+        "customer_id",
+    )
+    assert (itself.status_code, itself.json()["detail"][0]["field"]) == (409, "merge_id")
+    assert (unknown.status_code, unknown.json()["detail"][0]["field"]) == (404, "merge_id")
+    assert (nobody.status_code, nobody.json()["detail"][0]["field"]) == (404, "customer_id")
+    assert (await profile(enrich, grace["id"]))["id"] == grace["id"]
+
+
+async def test_repeating_an_interrupted_merge_finishes_it_counting_once(
+    enrich: Enrich, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enrich.send(interaction("@early_bird"), interaction("@early_bird"))
+    prospect = (await enrich.enriched(2))[0].customer.id
+    ada = await create(enrich, name="Ada", tier="gold", identities=["twitter:ada"])
+    grace = await create(enrich, name="Grace")
+    drop_merged = EnrichRepository.drop_merged
+
+    async def crash(self: EnrichRepository, *args: Any) -> Any:
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(EnrichRepository, "drop_merged", crash)
+    interrupted = await merge(enrich, ada["id"], prospect)
+    monkeypatch.setattr(EnrichRepository, "drop_merged", drop_merged)
+    waiting = await merge(enrich, ada["id"], grace["id"])  # holds on for the interrupted one
+    repeated = await merge(enrich, ada["id"], prospect)
+    after = await merge(enrich, ada["id"], grace["id"])
+
+    assert interrupted.status_code == 500
+    assert (waiting.status_code, waiting.json()["detail"][0]["field"]) == (409, "customer_id")
+    assert f"a merge of {prospect} into {ada['id']}" in waiting.json()["detail"][0]["reason"]
+    assert repeated.status_code == 200, repeated.text
+    assert repeated.json()["posts"] == 2  # the prospect's two posts, added once
+    assert "merging" not in repeated.json()
+    assert after.status_code == 200, after.text
+    assert (await profile(enrich, prospect))["id"] == ada["id"]
+
+
+async def test_two_merges_into_one_survivor_at_once_both_keep_their_identities(
+    enrich: Enrich,
+) -> None:
+    ada = await create(enrich, name="Ada", tier="gold", identities=["twitter:ada"])
+    old = await create(enrich, name="Ada L", identities=["twitter:ada_l"])
+    older = await create(enrich, name="A. Lovelace", identities=["twitter:lovelace"])
+
+    answers = await asyncio.gather(
+        merge(enrich, ada["id"], old["id"]), merge(enrich, ada["id"], older["id"])
+    )
+    stored = await profile(enrich, ada["id"])
+
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert sorted(stored["identities"]) == ["twitter:ada", "twitter:ada_l", "twitter:lovelace"]
+    assert {(await profile(enrich, c["id"]))["id"] for c in (old, older)} == {ada["id"]}

@@ -28,7 +28,7 @@ from services.enrich.service import (
 )
 from shared.access import AdminOnly, AdminOrOperator
 from shared.events import Channel
-from shared.http import app_service, not_found, public
+from shared.http import app_service, field_problem, not_found, public
 
 router = APIRouter(prefix="/v1")
 
@@ -40,10 +40,6 @@ class MergeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     merge_id: str = Field(min_length=1, max_length=64, description="The profile merged away")
-
-
-def field_problem(field: str, reason: str, code: int = 422) -> HTTPException:
-    return HTTPException(code, [{"field": field, "reason": reason}])
 
 
 def taken(error: IdentityTaken) -> HTTPException:
@@ -59,7 +55,7 @@ def shown(customer: Document) -> Document:
 
 def found(customer: Document | None) -> Document:
     if customer is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
+        raise not_found("customer_id", "customer")
     return shown(customer)
 
 
@@ -112,9 +108,10 @@ async def import_customers(request: Request, service: Service) -> Document:
     elif media_type in ("text/csv", "application/csv"):
         parse = csv_rows
     else:
-        raise HTTPException(
+        raise field_problem(
+            "content-type",
+            "send application/x-ndjson or text/csv",
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            [{"field": "content-type", "reason": "send application/x-ndjson or text/csv"}],
         )
     limit = request.app.state.max_import_bytes
     report = await service.import_customers(parse(lines_of(bounded(request, limit))))
@@ -126,9 +123,8 @@ async def bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise HTTPException(
-                status.HTTP_413_CONTENT_TOO_LARGE,
-                [{"field": "body", "reason": f"an import is at most {limit} bytes"}],
+            raise field_problem(
+                "body", f"an import is at most {limit} bytes", status.HTTP_413_CONTENT_TOO_LARGE
             )
         yield chunk
 
@@ -155,7 +151,7 @@ async def update_customer(customer_id: str, patch: CustomerFields, service: Serv
 async def erase_customer(customer_id: str, service: Service) -> Response:
     """Erasure: the profile, its identities and aliases go; later posts are from a stranger."""
     if not await service.erase_customer(customer_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
+        raise not_found("customer_id", "customer")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

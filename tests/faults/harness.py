@@ -132,26 +132,35 @@ class System:
         """Events the service's consumers took in since it (last) started."""
         return await self.metric(service, f"switchboard_{service}_events_in_total")
 
-    async def quiet(self) -> bool:
-        """Nothing left that could still reach the desk: every consumer group has committed
-        to the end of its partitions, no outbox holds an unsent event, and notify has no
-        delivery pending."""
+    async def busy_with(self) -> str:
+        """What could still reach the desk, in words; empty once nothing can: no outbox
+        holds an unsent event, each service has committed to the end of its input on the
+        way to the desk, and notify has no delivery pending."""
         async with httpx.AsyncClient(timeout=5.0, headers=admin_headers()) as http:
             pending = await http.get(
                 f"{self.url('notify')}/v1/deliveries", params={"status": "pending", "limit": 1}
             )
             if pending.raise_for_status().json():
-                return False
+                return "notify has deliveries pending"
         for service in SERVICES:
-            if await self.metric(service, f"switchboard_{service}_outbox_backlog") > 0:
-                return False
-            if not await self._committed_to_the_end(self.kafka.group_id(service)):
-                return False
-        return True
+            backlog = await self.metric(service, f"switchboard_{service}_outbox_backlog")
+            if backlog > 0:
+                return f"{service}'s outbox holds {backlog:.0f} unsent"
+        for service, topic in self.inputs_toward_the_desk().items():
+            behind = await self._behind(self.kafka.group_id(service), topic)
+            if behind:
+                return f"{service} has not committed to the end: {behind}"
+        return ""
 
-    async def _committed_to_the_end(self, group: str) -> bool:
-        """Whether ``group`` has committed, on every partition of this run's topics where it
-        has committed at all, up to the partition's end (and has committed somewhere)."""
+    def inputs_toward_the_desk(self) -> dict[str, str]:
+        """Each service's input on the way to the desk. Ingest's consumers feed its
+        journey read model, which sends nothing on."""
+        topics = self.kafka.topics
+        return {"enrich": topics.received, "router": topics.enriched, "notify": topics.assignments}
+
+    async def _behind(self, group: str, topic: str) -> str:
+        """Where ``group`` has committed short of the end of ``topic``'s partitions;
+        empty when nowhere."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.kafka.bootstrap_servers,
             group_id=group,
@@ -159,10 +168,9 @@ class System:
         )
         await consumer.start()
         try:
+            await consumer.topics()  # the cluster's metadata, partitions included
             partitions = [
                 TopicPartition(topic, partition)
-                for topic in await consumer.topics()
-                if topic.startswith(self.kafka.topic_prefix)
                 for partition in consumer.partitions_for_topic(topic) or ()
             ]
             consumer.assign(partitions)
@@ -171,7 +179,12 @@ class System:
         finally:
             await consumer.stop()
         at = {tp: offset for tp, offset in committed.items() if offset is not None}
-        return bool(at) and all(offset >= ends[tp] for tp, offset in at.items())
+        if not at:
+            return "nothing committed"
+        short = [
+            f"{tp.topic}[{tp.partition}] {at[tp]} of {ends[tp]}" for tp in at if at[tp] < ends[tp]
+        ]
+        return ", ".join(short)
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -281,6 +294,18 @@ async def all_delivered(system: System, expected: set[str], timeout_s: float = 1
     except AssertionError:
         missing = sorted(expected - system.desk.interactions())
         raise AssertionError(f"{len(missing)} never reached the desk: {missing[:20]}") from None
-    await eventually(system.quiet, timeout_s=90, interval_s=0.5)
+    busy = ""
+
+    async def quiet() -> bool:
+        nonlocal busy
+        busy = await system.busy_with()
+        return not busy
+
+    try:
+        await eventually(quiet, timeout_s=90, interval_s=0.5)
+    except AssertionError:
+        raise AssertionError(
+            f"every one arrived, but the system never went quiet: {busy}"
+        ) from None
     assert system.desk.doubled() == {}, f"doubled: {system.desk.doubled()}"
     assert system.desk.interactions() == expected, "the desk got interactions nobody posted"

@@ -17,7 +17,7 @@ from services.enrich.customers import (
     json_rows,
     lines_of,
 )
-from services.enrich.repository import MERGING, IdentityTaken
+from services.enrich.repository import MERGING, RECENT_POSTS, IdentityTaken
 from services.enrich.service import (
     CrmIdTaken,
     EnrichService,
@@ -49,8 +49,9 @@ def taken(error: IdentityTaken) -> HTTPException:
 
 
 def shown(customer: Document) -> Document:
-    """A profile as the API shows it: without the mark a merge under way leaves on it."""
-    return public(customer, hide=(MERGING,))
+    """A profile as the API shows it: without the marks a merge under way and the stream's
+    counting of posts leave on it."""
+    return public(customer, hide=(MERGING, RECENT_POSTS))
 
 
 def found(customer: Document | None) -> Document:

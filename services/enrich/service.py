@@ -26,6 +26,7 @@ from services.enrich.customers import (
 )
 from services.enrich.repository import (
     MERGING,
+    RECENT_POSTS,
     EnrichRepository,
     IdentityTaken,
     Merge,
@@ -66,7 +67,7 @@ MERGE_POLL_S = 0.05  # how often a merge looks again at a profile another merge 
 JOINED = ("emails", "tags", "identities")
 SUMMED = ("posts",)
 LARGEST = ("value", "followers")
-NOT_COPIED = frozenset({"_id", MERGING, "updated_at", *SUMMED, *LARGEST})
+NOT_COPIED = frozenset({"_id", MERGING, RECENT_POSTS, "updated_at", *SUMMED, *LARGEST})
 
 
 class UnknownTier(ValueError):
@@ -585,11 +586,17 @@ class EnrichService:
 
     async def enrich_batch(self, received: Sequence[CloudEvent[Interaction]]) -> None:
         """Enrich a consumed batch: authors resolved together, the enriched events and
-        post counts stored together, in a few store round trips per batch."""
-        profiles = await self.resolve_batch([event.data for event in received])
+        post counts stored together, in a few store round trips per batch. A post
+        delivered again (a retried batch, a restart, a rebalance) is enriched again, but
+        its author's history counts it once and the outbox keeps its first event."""
+        profiles, counted = await asyncio.gather(
+            self.resolve_batch([event.data for event in received]),
+            self.repository.counted_among(sorted({event.data.id for event in received})),
+        )
         posts_seen: collections.Counter[str] = (
             collections.Counter()
         )  # this batch's earlier posts by each customer
+        new_posts: dict[str, str] = {}  # interaction id -> author, of posts not counted yet
         entries = []
         for event, profile in zip(received, profiles, strict=True):
             with (
@@ -598,7 +605,9 @@ class EnrichService:
             ):
                 started = time.perf_counter()
                 posts = int(profile.get("posts", 0)) + posts_seen[profile["_id"]]
-                posts_seen[profile["_id"]] += 1
+                if event.data.id not in counted and event.data.id not in new_posts:
+                    new_posts[event.data.id] = profile["_id"]
+                    posts_seen[profile["_id"]] += 1
                 enriched = self.enrich(event.data, profile, posts)
                 self.metrics.seconds.observe(time.perf_counter() - started)
                 log.info(
@@ -610,10 +619,12 @@ class EnrichService:
             entries.append(
                 (self.topics.enriched, enriched.customer.id, enriched_event(event, enriched))
             )
-        # A redelivered post counts twice; the engagement score is coarse enough (log
-        # scale, capped) that this cannot move a routing decision much.
-        await self.repository.count_posts(posts_seen, self.prospect_followers(received, profiles))
-        await self.outbox.add(entries)
+        await self.repository.count_posts(new_posts, self.prospect_followers(received, profiles))
+        # Noted only once counted: a failure between the two leaves the post among the
+        # profile's recent ones, which the retry's count finds.
+        await asyncio.gather(
+            self.repository.remember_counted(list(new_posts)), self.outbox.add(entries)
+        )
 
     def enrich(
         self, interaction: Interaction, customer: Document, posts: int

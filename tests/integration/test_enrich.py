@@ -19,6 +19,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from services.enrich.config import EnrichSettings
 from services.enrich.main import create_app
 from services.enrich.repository import EnrichRepository
+from services.enrich.service import EnrichService
 from services.enrich.signals import HIGH_INFLUENCE
 from shared.embedded import EmbeddedStack
 from shared.events import (
@@ -30,7 +31,7 @@ from shared.events import (
     utcnow,
 )
 from shared.identity import normalise_identity
-from shared.outbox import entry_value
+from shared.outbox import Outbox, entry_value
 from shared.settings import TracingSettings
 from shared.tracing import start_trace, trace_id
 from tests.support import (
@@ -47,6 +48,7 @@ from tests.support import (
 class Enrich:
     http: httpx.AsyncClient
     settings: EnrichSettings
+    service: EnrichService
 
     async def send(self, *interactions: Interaction) -> None:
         events = [
@@ -74,8 +76,9 @@ async def enrich(stack: EmbeddedStack, namespace: str, run_dir: Path) -> AsyncIt
         namespace,
         run_dir,
     )
-    async with client_of(create_app(settings)) as http:
-        yield Enrich(http, settings)
+    app = create_app(settings)
+    async with client_of(app) as http:
+        yield Enrich(http, settings, app.state.service)
 
 
 def interaction(
@@ -465,8 +468,9 @@ async def test_spans_go_to_the_otlp_endpoint_under_the_interactions_trace(
             run_dir,
             tracing=TracingSettings(otlp_endpoint=collector.url),
         )
-        async with client_of(create_app(settings)) as http:
-            running = Enrich(http, settings)
+        app = create_app(settings)
+        async with client_of(app) as http:
+            running = Enrich(http, settings, app.state.service)
             event = CloudEvent[Interaction](
                 id=post.id,
                 source="/test",
@@ -797,3 +801,72 @@ async def test_two_merges_into_one_survivor_at_once_both_keep_their_identities(
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
     assert sorted(stored["identities"]) == ["twitter:ada", "twitter:ada_l", "twitter:lovelace"]
     assert {(await profile(enrich, c["id"]))["id"] for c in (old, older)} == {ada["id"]}
+
+
+async def test_a_redelivered_post_counts_once_in_its_authors_history(enrich: Enrich) -> None:
+    post = interaction("@twice")
+    await enrich.send(post)
+    [first] = await enrich.enriched(1)
+    later = interaction("@twice")
+    # Redelivered alone, then twice in one batch, then behind the author's next post: one
+    # handle is one partition, so once ``later`` is enriched the repeats were handled.
+    await enrich.send(post)
+    await enrich.send(post, post, later)
+    results = await enrich.enriched(2)
+
+    assert [r.interaction.id for r in results] == [post.id, later.id]
+    assert (await profile(enrich, first.customer.id))["posts"] == 2
+
+
+async def test_a_batch_that_failed_after_counting_counts_once_when_retried(
+    enrich: Enrich, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add = Outbox.add
+    failures = [RuntimeError("the store went away")]
+
+    async def fails_once(self: Outbox, *args: Any, **kwargs: Any) -> Any:
+        if failures:  # the posts are counted; the batch fails before it is acknowledged
+            raise failures.pop()
+        return await add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Outbox, "add", fails_once)
+    await enrich.send(interaction("@retried"))
+    [result] = await enrich.enriched(1)
+
+    assert not failures
+    assert (await profile(enrich, result.customer.id))["posts"] == 1
+
+
+async def test_a_post_counted_but_not_yet_noted_counts_once_when_retried(
+    enrich: Enrich, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remember = EnrichRepository.remember_counted
+    failures = [RuntimeError("the store went away")]
+
+    async def fails_once(self: EnrichRepository, *args: Any) -> Any:
+        if failures:  # the count is stored, the note that it is not
+            raise failures.pop()
+        return await remember(self, *args)
+
+    monkeypatch.setattr(EnrichRepository, "remember_counted", fails_once)
+    await enrich.send(interaction("@retried"))
+    [result] = await enrich.enriched(1)
+
+    assert not failures
+    assert (await profile(enrich, result.customer.id))["posts"] == 1
+
+
+async def test_one_post_in_concurrent_batches_counts_once(enrich: Enrich) -> None:
+    await enrich.send(interaction("@busy"))
+    [first] = await enrich.enriched(1)
+    again = interaction("@busy")
+    event = CloudEvent[Interaction](
+        id=again.id, source="/test", type=INTERACTION_RECEIVED, data=again
+    )
+
+    # As two replicas would, after a rebalance handed the partition from one to the other.
+    await asyncio.gather(*(enrich.service.enrich_batch([event]) for _ in range(4)))
+    stored = await profile(enrich, first.customer.id)
+
+    assert stored["posts"] == 2
+    assert "recent_posts" not in stored  # bookkeeping, not shown

@@ -68,6 +68,12 @@ _FACEBOOK_PAGES = frozenset(
     }
 )
 
+# First path segments that name a kind of profile, each its own namespace.
+_LINKEDIN_KINDS = frozenset({"company", "school", "showcase"})
+_YOUTUBE_KINDS = frozenset({"channel", "c", "user"})
+# Facebook's pages that are scripts: posts and photos, or a profile by its number.
+_FACEBOOK_SCRIPTS = frozenset({"profile.php", "photo.php", "permalink.php", "story.php"})
+
 Query = dict[str, list[str]]
 ProfileRule = Callable[[list[str], Query], str | None]
 
@@ -111,7 +117,9 @@ def _named_by_url(text: str) -> str | None:
     if rule is None:
         return None
     segments = [segment for segment in parsed.path.split("/") if segment]
-    return rule(segments, parse_qs(parsed.query)) or _whole_url(site, parsed)
+    # Keywords read in any case, so that a key read again (lower case) is itself.
+    query = {key.lower(): values for key, values in parse_qs(parsed.query).items()}
+    return rule(segments, query) or _whole_url(site, parsed)
 
 
 def _site(host: str) -> str:
@@ -134,7 +142,8 @@ def _member(segments: list[str], pages: frozenset[str]) -> str | None:
 
 
 def _twitter(segments: list[str], query: Query) -> str | None:
-    if segments[:1] == ["intent"] and query.get("screen_name"):  # intent/user, intent/follow
+    first = segments[0].lower() if segments else ""
+    if first == "intent" and query.get("screen_name"):  # intent/user, intent/follow
         return query["screen_name"][0]
     return _member(segments, _TWITTER_PAGES)
 
@@ -156,7 +165,7 @@ def _linkedin(segments: list[str], query: Query) -> str | None:
     kind = segments[0].lower() if len(segments) >= 2 else ""
     if kind == "in":
         return segments[1]
-    if kind in ("company", "school", "showcase"):
+    if kind in _LINKEDIN_KINDS:
         return f"{kind}/{segments[1]}"
     return None
 
@@ -165,7 +174,7 @@ def _youtube(segments: list[str], query: Query) -> str | None:
     if segments and segments[0].startswith("@"):
         return segments[0]
     kind = segments[0].lower() if len(segments) >= 2 else ""
-    if kind in ("channel", "c", "user"):
+    if kind in _YOUTUBE_KINDS:
         return f"{kind}/{segments[1]}"
     return None
 
@@ -178,3 +187,20 @@ _PROFILE_RULES: dict[str, ProfileRule] = {
     "linkedin.com": _linkedin,
     "youtube.com": _youtube,
 }
+
+
+def collapsed_identities() -> list[str]:
+    """The identities that profile URLs naming a site's page or a kind of profile became
+    before each network's URLs were read by its own rule: the first path segment, so
+    ``youtube.com/channel/<id>`` became ``youtube:channel`` and stood for whoever had such
+    a URL first. What named the person was dropped: none of them can be read again."""
+    collapsed = {
+        Channel.TWITTER: _TWITTER_PAGES,
+        Channel.INSTAGRAM: _INSTAGRAM_PAGES,
+        Channel.FACEBOOK: _FACEBOOK_PAGES | _FACEBOOK_SCRIPTS,
+        Channel.LINKEDIN: _LINKEDIN_KINDS,
+        Channel.YOUTUBE: _YOUTUBE_KINDS,
+    }
+    return sorted(
+        f"{channel.value}:{page}" for channel, pages in collapsed.items() for page in pages
+    )

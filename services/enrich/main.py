@@ -30,7 +30,7 @@ def create_app(settings: EnrichSettings) -> FastAPI:
     app = service_app(
         runtime,
         [api.router],
-        startup=[repository.ensure_indexes],
+        startup=[repository.ensure_indexes, service.rekey_identities],
         streamed=[("POST", "/v1/customers:import")],
     )
     service.spans = runtime.spans

@@ -10,6 +10,10 @@ Identities live in their own collection keyed by the normalised identity, so tha
 identity belongs to one customer by construction (the primary key). A merged-away
 profile leaves an alias (old id -> survivor) so that its id keeps resolving.
 
+Identities stored under an earlier rule's form are re-keyed at startup (``rekey_identity``):
+each step is safe to repeat and to run on two replicas at once, so an interrupted
+re-keying is finished by the next start.
+
 A post counts once in its author's history however often it is delivered: the profile's
 update carries the post's id, conditioned on its absence among the latest ids the profile
 keeps (one atomic write, whatever else runs), and the ids of counted posts are kept
@@ -51,6 +55,8 @@ MERGING = "merging"  # on a profile a merge holds: the merge's mark
 # first delivery's batch is unfinished (failed, or run by another replica) adds nothing.
 RECENT_POSTS = "recent_posts"
 RECENT_POSTS_KEPT = 32
+# A stored identity whose handle is a URL: the only kind an earlier rule read otherwise.
+URL_IDENTITY = "^[a-z]+:https?://"
 # A counted post's id is kept longer than any topic keeps the post (7 days in deploy/),
 # so no redelivery outlives it.
 COUNTED_POSTS_KEPT = timedelta(days=30)
@@ -147,6 +153,23 @@ class EnrichRepository:
             return {}
         cursor = self.identities.find({"_id": {"$in": list(identities)}})
         return {doc["_id"]: str(doc["customer_id"]) async for doc in cursor}
+
+    async def url_identities(self) -> list[Document]:
+        """The identities whose handle is a URL, in key order."""
+        cursor = self.identities.find({"_id": {"$regex": URL_IDENTITY}}).sort("_id", 1)
+        return [doc async for doc in cursor]
+
+    async def rekey_identity(self, old: str, new: str, customer_id: str) -> str:
+        """Move the customer's identity from its ``old`` key to ``new``, unless another
+        customer holds ``new``; returns who holds ``new`` now. Claimed first and released
+        last, so that the customer is found by one key or the other at every step."""
+        holder = await self.claim_identity(new, customer_id)
+        if holder == customer_id:
+            profile = {"_id": customer_id}
+            await self.customers.update_one(profile, {"$addToSet": {"identities": new}})
+            await self.customers.update_one(profile, {"$pull": {"identities": old}})
+            await self.identities.delete_one({"_id": old, "customer_id": customer_id})
+        return holder
 
     async def customer_id_for(self, identity: str) -> str | None:
         doc = await self.identities.find_one({"_id": identity})

@@ -51,7 +51,7 @@ from shared.events import (
     derived_event_id,
     utcnow,
 )
-from shared.identity import normalise_identity
+from shared.identity import collapsed_identities, normalise_identity
 from shared.logging import get_logger, handling
 from shared.mongo import Document
 from shared.outbox import Outbox
@@ -454,6 +454,43 @@ class EnrichService:
         log.info("customer erased", customer_id=customer["_id"], events_forgotten=forgotten)
         return erased
 
+    # -- identities stored under an earlier rule -----------------------------------
+
+    async def rekey_identities(self) -> None:
+        """Re-key the identities whose stored key today's rule reads otherwise (a profile
+        URL read before each network had its own rule), run at startup. A key whose new
+        form another customer holds stays as it is: the two may be different people, so
+        each start logs both until an operator merges them or unlinks one."""
+        moved = 0
+        for stored in await self.repository.url_identities():
+            old, owner = str(stored["_id"]), str(stored["customer_id"])
+            new = read_again(old)
+            if new is None or new == old:
+                continue
+            holder = await self.repository.rekey_identity(old, new, owner)
+            if holder == owner:
+                moved += 1
+            else:
+                log.warning(
+                    "identity left in its earlier form: its new form is another customer's",
+                    customer_id=owner,
+                    holder_id=holder,
+                )
+        if moved:
+            log.info("identities re-keyed to today's form", identities=moved)
+        await self.report_collapsed()
+
+    async def report_collapsed(self) -> None:
+        """Log the identities that name no one any more (``youtube:channel``): the id their
+        URL gave was never stored, so only linking the profile URL again finds the person."""
+        owners = await self.repository.owners_of(collapsed_identities())
+        if owners:
+            log.warning(
+                "identities that name no one since profile URLs are read per network: "
+                "link each profile's URL again, and unlink these",
+                identities=owners,
+            )
+
     # -- CRM import ---------------------------------------------------------------
 
     async def import_customers(self, rows: AsyncIterable[ParsedRow]) -> ImportReport:
@@ -782,6 +819,15 @@ def held_form(identity: str, held: Sequence[str]) -> str:
         if form in held:
             return form
     raise IdentityNotHeld(normalised)
+
+
+def read_again(identity: str) -> str | None:
+    """The stored identity as today's rule makes it (itself if stored in today's form);
+    None for a key that is no identity any more."""
+    try:
+        return normalise_identity(*parse_identity(identity))
+    except ValueError:  # a channel no longer known
+        return None
 
 
 def identity_of(interaction: Interaction) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from services.enrich.config import EnrichSettings
 from services.enrich.main import create_app
@@ -870,3 +873,91 @@ async def test_one_post_in_concurrent_batches_counts_once(enrich: Enrich) -> Non
 
     assert stored["posts"] == 2
     assert "recent_posts" not in stored  # bookkeeping, not shown
+
+
+async def store_profile(
+    store: AsyncDatabase[dict[str, Any]], name: str, identities: list[str]
+) -> str:
+    """A profile as an earlier version stored it, identities keyed as they were then."""
+    customer_id = str(uuid.uuid4())
+    await store["customers"].insert_one(
+        {"_id": customer_id, "name": name, "tier": "gold", "identities": identities}
+    )
+    if identities:
+        await store["identities"].insert_many(
+            [{"_id": identity, "customer_id": customer_id} for identity in identities]
+        )
+    return customer_id
+
+
+async def test_identities_stored_in_an_earlier_form_are_found_after_a_start(
+    stack: EmbeddedStack,
+    namespace: str,
+    run_dir: Path,
+    client: AsyncMongoClient[dict[str, Any]],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    settings = service_settings(EnrichSettings, stack, namespace, run_dir)
+    store = client[settings.mongo.database("enrich")]
+    # Before profile URLs were read per network, a URL on a host that rule did not know
+    # (m.facebook.com, m.youtube.com) was kept whole, as typed.
+    ada = await store_profile(
+        store,
+        "Ada",
+        [
+            "facebook:https://m.facebook.com/profile.php?id=100012",
+            "twitter:ada",
+            "youtube:https://m.youtube.com/channel/ucabc/videos",
+        ],
+    )
+    bob = await store_profile(store, "Bob", ["instagram:https://m.instagram.com/bob.b/"])
+    rob = await store_profile(store, "Rob", ["instagram:bob.b"])  # linked since the upgrade
+    carol = await store_profile(store, "Carol", ["youtube:channel"])  # its channel id is lost
+    dan = await store_profile(store, "Dan", ["twitter:https://m.twitter.com/dan_d"])
+    # A start that stopped midway through re-keying Dan's had claimed the new form.
+    await store["identities"].insert_one({"_id": "twitter:dan_d", "customer_id": dan})
+
+    # Two replicas starting together both migrate.
+    apps = [create_app(settings), create_app(settings)]
+    async with contextlib.AsyncExitStack() as running:
+        [http, _] = await asyncio.gather(
+            *(running.enter_async_context(client_of(app)) for app in apps)
+        )
+        replica = Enrich(http, settings, apps[0].state.service)
+        await replica.send(
+            interaction("https://www.facebook.com/profile.php?id=100012").model_copy(
+                update={"channel": Channel.FACEBOOK}
+            )
+        )
+        [post] = await replica.enriched(1)
+
+        async def found_by(handle: str) -> list[str]:
+            answer = await http.get(
+                "/v1/customers", params={"handle": handle}, headers=admin_headers()
+            )
+            return [c["id"] for c in answer.json()["customers"]]
+
+        by_channel_url = await found_by("https://www.youtube.com/channel/UCabc")
+        by_instagram = await found_by("bob.b")
+        stored_ada = await profile(replica, ada)
+        stored_bob = await profile(replica, bob)
+        stored_dan = await profile(replica, dan)
+    logged = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line[:1] == "{"]
+
+    assert post.customer.id == ada
+    assert by_channel_url == [ada]
+    assert sorted(stored_ada["identities"]) == [
+        "facebook:100012",
+        "twitter:ada",
+        "youtube:channel/ucabc",
+    ]
+    assert await store["identities"].count_documents({"customer_id": ada}) == 3
+    assert stored_dan["identities"] == ["twitter:dan_d"]
+    assert [i["_id"] async for i in store["identities"].find({"customer_id": dan})] == [
+        "twitter:dan_d"
+    ]
+    # Bob's new form is Rob's: both kept, and the start says so, naming them.
+    assert by_instagram == [rob]
+    assert stored_bob["identities"] == ["instagram:https://m.instagram.com/bob.b/"]
+    assert any((r.get("customer_id"), r.get("holder_id")) == (bob, rob) for r in logged)
+    assert any(r.get("identities") == {"youtube:channel": carol} for r in logged)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.events import Channel
-from shared.identity import normalise_identity
+from shared.identity import collapsed_identities, normalise_identity
 
 
 @pytest.mark.parametrize("handle", ["http://[ada", "https://[x", "http://[", "https://]x["])
@@ -96,3 +96,50 @@ def test_a_url_on_another_site_is_kept_as_given() -> None:
         normalise_identity(Channel.FORUM, "https://forum.acme.com/u/Mo")
         == "forum:https://forum.acme.com/u/mo"
     )
+
+
+@pytest.mark.parametrize(
+    ("channel", "url", "identity"),
+    [
+        (Channel.TWITTER, "https://twitter.com/Intent/user?Screen_Name=Ada_L", "twitter:ada_l"),
+        (Channel.FACEBOOK, "https://facebook.com/Profile.php?ID=100012", "facebook:100012"),
+    ],
+)
+def test_a_profile_urls_keywords_are_read_in_any_case(
+    channel: Channel, url: str, identity: str
+) -> None:
+    assert normalise_identity(channel, url) == identity
+
+
+@pytest.mark.parametrize(
+    ("channel", "handle"),
+    [
+        (Channel.YOUTUBE, "https://m.youtube.com/channel/UCabc/videos"),
+        (Channel.FACEBOOK, "https://www.facebook.com/profile.php?id=100012"),
+        (Channel.FACEBOOK, "https://m.facebook.com/profile.php"),
+        (Channel.TWITTER, "http://twitter.com/Intent/Tweet?Text=hi#top"),
+        (Channel.TWITTER, "https://twitter.com/intent/user?screen_name="),
+        (Channel.X, "https://x.com/i/status/1/"),
+        (Channel.LINKEDIN, "https://www.linkedin.com/feed/"),
+        (Channel.INSTAGRAM, "https://www.instagram.com/p/Cxyz/"),
+        (Channel.FORUM, "https://forum.acme.com/u/Mo"),
+        (Channel.TWITTER, "@Ada_L"),
+        (Channel.TWITTER, "http://[ada"),
+    ],
+)
+def test_an_identity_read_again_is_itself(channel: Channel, handle: str) -> None:
+    """What lets enrich tell a key stored under an earlier rule: today's read it again."""
+    identity = normalise_identity(channel, handle)
+    stored_channel, _, stored_handle = identity.partition(":")
+
+    assert normalise_identity(Channel(stored_channel), stored_handle) == identity
+
+
+def test_the_identities_profile_urls_once_collapsed_to_are_known() -> None:
+    collapsed = collapsed_identities()
+
+    assert {"youtube:channel", "facebook:profile.php", "linkedin:company", "instagram:p"} <= set(
+        collapsed
+    )
+    assert "twitter:intent" in collapsed
+    assert not {"twitter:ada_l", "linkedin:ada-l", "youtube:ada"} & set(collapsed)

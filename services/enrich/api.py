@@ -17,7 +17,7 @@ from services.enrich.customers import (
     json_rows,
     lines_of,
 )
-from services.enrich.repository import MERGING, RECENT_POSTS, IdentityTaken
+from services.enrich.repository import MERGING, MERGING_SINCE, RECENT_POSTS, IdentityTaken
 from services.enrich.service import (
     CrmIdTaken,
     EnrichService,
@@ -51,7 +51,7 @@ def taken(error: IdentityTaken) -> HTTPException:
 def shown(customer: Document) -> Document:
     """A profile as the API shows it: without the marks a merge under way and the stream's
     counting of posts leave on it."""
-    return public(customer, hide=(MERGING, RECENT_POSTS))
+    return public(customer, hide=(MERGING, MERGING_SINCE, RECENT_POSTS))
 
 
 def found(customer: Document | None) -> Document:

@@ -20,4 +20,7 @@ class EnrichSettings(ServiceSettings):
     # Below this probability a post's language counts as unknown rather than a guess.
     language_min_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     import_batch: int = Field(default=500, ge=1, le=10_000)
+    # A merge holding its profiles for longer was interrupted: the next merge of one of them
+    # finishes it. Far longer than a merge takes, so that one under way is left alone.
+    merge_abandoned_after_s: float = Field(default=60.0, ge=1.0, le=86_400.0)
     max_import_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)

@@ -23,6 +23,7 @@ def create_app(settings: EnrichSettings) -> FastAPI:
         intents=IntentRules.from_file(settings.intents_file),
         tiers=settings.tiers,
         import_batch=settings.import_batch,
+        merge_abandoned_after_s=settings.merge_abandoned_after_s,
     )
     runtime.consume(
         settings.kafka.topics.received, stream.received_handler(service, runtime.metrics)

@@ -20,8 +20,9 @@ keeps (one atomic write, whatever else runs), and the ids of counted posts are k
 (``counted_posts``) for a redelivery that comes after the author's next posts.
 
 The store has no multi-document transactions, so a merge marks both profiles (field
-``merging``) before it writes, and each of its writes is conditioned on that mark: two
-merges sharing a profile take turns, and an interrupted one is finished by repeating it.
+``merging``, and when in ``merging_since``) before it writes, and each of its writes is
+conditioned on that mark: two merges sharing a profile take turns, and an interrupted one
+is finished by repeating it, or by the next merge of its profiles once its mark is old.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.enrich.customers import PROSPECT
 from shared.events import utcnow
-from shared.mongo import Document, insert_new, only_duplicates
+from shared.mongo import Document, epoch_ms, insert_new, only_duplicates
 
 
 class IdentityTaken(Exception):
@@ -51,6 +52,7 @@ class IdentityTaken(Exception):
 
 
 MERGING = "merging"  # on a profile a merge holds: the merge's mark
+MERGING_SINCE = "merging_since"  # and when it was made, in epoch milliseconds
 # On a profile: its latest counted posts' ids, so that a post delivered again while the
 # first delivery's batch is unfinished (failed, or run by another replica) adds nothing.
 RECENT_POSTS = "recent_posts"
@@ -69,6 +71,12 @@ class Merge:
     survivor: str
     other: str
 
+    @classmethod
+    def of(cls, mark: str) -> Merge:
+        """The merge that left the mark."""
+        other, _, survivor = mark.removesuffix(" applied").partition(">")
+        return cls(survivor, other)
+
     @property
     def mark(self) -> str:
         return f"{self.other}>{self.survivor}"
@@ -84,17 +92,19 @@ class Merge:
 
 def merge_of(mark: str) -> str:
     """A mark as words, for the answer to a merge that has to wait for it."""
-    other, _, survivor = mark.removesuffix(" applied").partition(">")
-    return f"a merge of {other} into {survivor}"
+    merge = Merge.of(mark)
+    return f"a merge of {merge.other} into {merge.survivor}"
 
 
 class MergeBusy(Exception):
-    """Another merge holds the profile."""
+    """Another merge holds the profile: since ``since_ms`` (None: a mark made before marks
+    were timed)."""
 
-    def __init__(self, customer_id: str, mark: str) -> None:
+    def __init__(self, customer_id: str, mark: str, since_ms: int | None) -> None:
         super().__init__(f"{merge_of(mark)} holds {customer_id}")
         self.customer_id = customer_id
         self.mark = mark
+        self.since_ms = since_ms
 
 
 class EnrichRepository:
@@ -353,7 +363,7 @@ class EnrichRepository:
         profile, None if gone. Raises MergeBusy when another merge holds it."""
         held = await self.customers.find_one_and_update(
             {"_id": customer_id, MERGING: {"$in": [None]}},
-            {"$set": {MERGING: merge.mark}},
+            {"$set": {MERGING: merge.mark, MERGING_SINCE: epoch_ms(utcnow())}},
             return_document=ReturnDocument.AFTER,
         )
         if held is not None:
@@ -363,13 +373,17 @@ class EnrichRepository:
             return current
         if current.get(MERGING) is None:  # let go since we tried
             return await self.hold(merge, customer_id)
-        raise MergeBusy(customer_id, str(current[MERGING]))
+        since = current.get(MERGING_SINCE)
+        raise MergeBusy(
+            customer_id, str(current[MERGING]), int(since) if since is not None else None
+        )
 
     async def let_go(self, merge: Merge, customer_id: str, *, applied: bool = True) -> None:
         """Remove the merge's mark (``applied=False``: only if the history is not in yet)."""
         marks = [merge.mark, merge.applied] if applied else [merge.mark]
         await self.customers.update_one(
-            {"_id": customer_id, MERGING: {"$in": marks}}, {"$unset": {MERGING: ""}}
+            {"_id": customer_id, MERGING: {"$in": marks}},
+            {"$unset": {MERGING: "", MERGING_SINCE: ""}},
         )
 
     async def merge(self, merge: Merge, missing: Document, history: Document) -> None:

@@ -26,6 +26,7 @@ from services.enrich.customers import (
 )
 from services.enrich.repository import (
     MERGING,
+    MERGING_SINCE,
     RECENT_POSTS,
     EnrichRepository,
     IdentityTaken,
@@ -53,7 +54,7 @@ from shared.events import (
 )
 from shared.identity import collapsed_identities, normalise_identity
 from shared.logging import get_logger, handling
-from shared.mongo import Document
+from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
@@ -67,7 +68,9 @@ MERGE_POLL_S = 0.05  # how often a merge looks again at a profile another merge 
 JOINED = ("emails", "tags", "identities")
 SUMMED = ("posts",)
 LARGEST = ("value", "followers")
-NOT_COPIED = frozenset({"_id", MERGING, RECENT_POSTS, "updated_at", *SUMMED, *LARGEST})
+NOT_COPIED = frozenset(
+    {"_id", MERGING, MERGING_SINCE, RECENT_POSTS, "updated_at", *SUMMED, *LARGEST}
+)
 
 
 class UnknownTier(ValueError):
@@ -177,6 +180,14 @@ def missing_fields(survivor: Document, other: Document) -> Document:
     return {k: v for k, v in other.items() if k not in NOT_COPIED and k not in survivor}
 
 
+def held_for_s(busy: MergeBusy, now_ms: int) -> float:
+    """How long the merge in the way has held the profile; a mark made before marks were
+    timed, forever."""
+    if busy.since_ms is None:
+        return float("inf")
+    return (now_ms - busy.since_ms) / 1000
+
+
 def history_of(other: Document, counted: Document | None = None) -> Document:
     """The other's history as an update of the survivor, less what ``counted`` (an earlier
     read of the other) has added already: identities, emails and tags join the
@@ -210,6 +221,7 @@ class EnrichService:
         tiers: Sequence[str] = (),
         import_batch: int = 500,
         merge_patience_s: float = 2.0,
+        merge_abandoned_after_s: float = 60.0,
     ) -> None:
         self.repository = repository
         self.outbox = outbox
@@ -220,6 +232,8 @@ class EnrichService:
         self.tiers = tuple(tiers) or DEFAULT_TIERS
         self.import_batch = import_batch
         self.merge_patience_s = merge_patience_s  # how long a merge waits for another
+        # A merge holding a profile for longer was interrupted: the next merge finishes it.
+        self.merge_abandoned_after_s = merge_abandoned_after_s
         self.metrics = enrich_metrics()
 
     # -- profiles -----------------------------------------------------------------
@@ -415,22 +429,40 @@ class EnrichService:
             if isinstance(error, MergeBusy):
                 raise MergeHindered(
                     error.customer_id,
-                    f"{merge_of(error.mark)} holds it: try again, or repeat that merge "
-                    "if it was interrupted",
+                    f"{merge_of(error.mark)} holds it: try again; if that merge was "
+                    "interrupted, repeating it finishes it, as does any merge of its "
+                    f"profiles {self.merge_abandoned_after_s:g} s after it began",
                 ) from error
             raise
         return survivor, other
 
     async def hold(self, merge: Merge, customer_id: str) -> Document | None:
-        """The repository's hold, waiting up to the patience for another merge to end."""
+        """The repository's hold, waiting up to the patience for another merge to end,
+        and finishing one that holds the profile for longer than a merge takes."""
         deadline = time.monotonic() + self.merge_patience_s
+        finished: set[str] = set()  # abandoned merges finished here, by their marks
         while True:
             try:
                 return await self.repository.hold(merge, customer_id)
-            except MergeBusy:
+            except MergeBusy as busy:
+                held_s = held_for_s(busy, epoch_ms(utcnow()))
+                if held_s >= self.merge_abandoned_after_s and busy.mark not in finished:
+                    finished.add(busy.mark)
+                    await self.finish_abandoned(Merge.of(busy.mark))
+                    continue
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(MERGE_POLL_S)
+
+    async def finish_abandoned(self, merge: Merge) -> None:
+        """Finish a merge that a crash interrupted, as repeating it would: each step is
+        safe to repeat, even alongside the merge itself if it is only slow."""
+        log.warning(
+            "finishing an abandoned merge", customer_id=merge.survivor, merge_id=merge.other
+        )
+        # A profile of it gone meanwhile: its marks are let go, which is all we need.
+        with contextlib.suppress(MergeHindered):
+            await self.merge_profiles(merge)
 
     async def gone(self, customer_id: str) -> str:
         survivor = await self.repository.alias_of(customer_id)

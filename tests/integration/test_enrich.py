@@ -9,6 +9,7 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from shared.events import (
     utcnow,
 )
 from shared.identity import normalise_identity
+from shared.mongo import epoch_ms
 from shared.outbox import Outbox, entry_value
 from shared.settings import TracingSettings
 from shared.tracing import start_trace, trace_id
@@ -961,3 +963,57 @@ async def test_identities_stored_in_an_earlier_form_are_found_after_a_start(
     assert stored_bob["identities"] == ["instagram:https://m.instagram.com/bob.b/"]
     assert any((r.get("customer_id"), r.get("holder_id")) == (bob, rob) for r in logged)
     assert any(r.get("identities") == {"youtube:channel": carol} for r in logged)
+
+
+async def test_a_merge_abandoned_midway_is_finished_by_the_next_merge_of_its_profiles(
+    enrich: Enrich, client: AsyncMongoClient[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enrich.send(interaction("@early_bird"), interaction("@early_bird"))
+    prospect = (await enrich.enriched(2))[0].customer.id
+    ada = await create(enrich, name="Ada", tier="gold", identities=["twitter:ada"])
+    grace = await create(enrich, name="Grace", identities=["twitter:grace"])
+    store = client[enrich.settings.mongo.database("enrich")]
+
+    async def crash(self: EnrichRepository, *args: Any) -> Any:
+        raise RuntimeError("the process died")
+
+    # The prospect's history is added to Ada, then the process dies holding both.
+    monkeypatch.setattr(EnrichRepository, "drop_merged", crash)
+    assert (await merge(enrich, ada["id"], prospect)).status_code == 500
+    monkeypatch.undo()
+    held = {"_id": {"$in": [ada["id"], prospect]}}
+    assert await store["customers"].count_documents({**held, "merging": {"$exists": True}}) == 2
+    # As a crash two minutes ago would have left it.
+    two_minutes_ago = epoch_ms(utcnow() - timedelta(minutes=2))
+    await store["customers"].update_many(held, {"$set": {"merging_since": two_minutes_ago}})
+
+    merged = await merge(enrich, ada["id"], grace["id"])
+    everyone = (await enrich.http.get("/v1/customers", headers=admin_headers())).json()
+    await enrich.send(interaction("@early_bird"))
+    post = (await enrich.enriched(3))[2]  # one author's posts, in order
+
+    assert merged.status_code == 200, merged.text
+    body = merged.json()
+    assert sorted(body["identities"]) == ["twitter:ada", "twitter:early_bird", "twitter:grace"]
+    assert body["posts"] == 2  # the prospect's two posts, added once
+    assert not {"merging", "merging_since"} & set(body)
+    assert [c["id"] for c in everyone["customers"]] == [ada["id"]]
+    assert {(await profile(enrich, c))["id"] for c in (prospect, grace["id"])} == {ada["id"]}
+    assert post.customer.id == ada["id"]
+    assert await store["customers"].count_documents({"merging": {"$exists": True}}) == 0
+
+
+async def test_a_merge_under_way_still_holds_its_profiles(
+    enrich: Enrich, client: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    ada = await create(enrich, name="Ada", tier="gold")
+    grace = await create(enrich, name="Grace")
+    store = client[enrich.settings.mongo.database("enrich")]
+    now = epoch_ms(utcnow())
+    mark = {"merging": f"nobody>{ada['id']}", "merging_since": now}
+    await store["customers"].update_one({"_id": ada["id"]}, {"$set": mark})
+
+    waiting = await merge(enrich, ada["id"], grace["id"])
+
+    assert (waiting.status_code, waiting.json()["detail"][0]["field"]) == (409, "customer_id")
+    assert f"a merge of nobody into {ada['id']}" in waiting.json()["detail"][0]["reason"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.enrich.repository import Merge, merge_of
-from services.enrich.service import history_of, missing_fields
+from services.enrich.repository import Merge, MergeBusy, merge_of
+from services.enrich.service import held_for_s, history_of, missing_fields
 
 CUSTOMER = {
     "_id": "c1",
@@ -59,3 +59,18 @@ def test_a_merge_knows_its_marks_and_says_which_merge_holds_a_profile() -> None:
     assert not merge.holds({"merging": "c1>p1"})
     assert not merge.holds({})
     assert merge_of(merge.applied) == "a merge of p1 into c1"
+
+
+def test_a_mark_names_the_merge_that_left_it() -> None:
+    merge = Merge(survivor="c1", other="p1")
+
+    assert Merge.of(merge.mark) == merge
+    assert Merge.of(merge.applied) == merge
+
+
+def test_a_merge_in_the_way_has_held_its_profile_since_its_mark_or_forever() -> None:
+    timed = MergeBusy("c1", "p1>c1", since_ms=1_000)
+    untimed = MergeBusy("c1", "p1>c1", since_ms=None)  # made before marks were timed
+
+    assert held_for_s(timed, now_ms=61_000) == 60.0
+    assert held_for_s(untimed, now_ms=61_000) == float("inf")

@@ -60,6 +60,7 @@ class Runtime:
     spans: Spans = field(default_factory=Spans)
     stream: faust.App | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    rewind_owed: bool = False  # the broker lost its log and the consumers must read again
 
     @classmethod
     def create(cls, name: str, settings: ServiceSettings) -> Runtime:
@@ -98,14 +99,22 @@ class Runtime:
         )
 
     async def rewind_consumers(self) -> None:
-        """The broker forgot its log and the positions in it: read it again from the
-        start (every consumer dedupes by event id, so what was handled stays handled)."""
-        if self.stream is None:
+        """The broker forgot its log and the positions in it: the consumers read it again
+        from the start (every consumer dedupes by event id, so what was handled stays
+        handled). The watch below does it at its next turn, and again until it is done:
+        a rebalance, which a broker restart brings, can hold it up or undo it."""
+        self.rewind_owed = True
+
+    async def _rewind_if_owed(self, timeout_s: float = 30.0) -> None:
+        if not self.rewind_owed or self.stream is None:
             return
         try:
-            await kafka.rewind(self.stream)
-        except Exception as exc:  # the watch below tries again while positions are past the end
-            log.warning("rewinding the consumers failed", error=repr(exc))
+            await asyncio.wait_for(kafka.rewind(self.stream), timeout_s)
+        except Exception as exc:  # a rebalance or a reconnection under way: next turn
+            log.warning("reading the topics again failed, trying again", error=repr(exc))
+            return
+        self.rewind_owed = False
+        log.warning("broker lost data: consumers read their topics again from the start")
 
     async def watch_for_lost_log(
         self, relays: Sequence[OutboxRelay], interval_s: float = 0.5
@@ -118,19 +127,39 @@ class Runtime:
             await asyncio.sleep(interval_s)
             if not kafka.is_assigned(self.stream):
                 continue
-            try:
-                lost = await kafka.partitions_past_their_end(self.stream)
-            except Exception as exc:  # a rebalance or a reconnection under way: look again
-                log.debug("consumer positions unreadable", error=repr(exc))
-                continue
-            if lost:
-                log.warning(
-                    "broker lost data: consumers are past a partition's end, reading again",
-                    partitions=[f"{tp.topic}[{tp.partition}]" for tp in lost],
-                )
+            if await self._consumers_past_their_end():
                 for relay in relays:
                     relay.republish_window("a consumer is past a partition's end")
-                await self.rewind_consumers()
+                self.rewind_owed = True
+            await self._rewind_if_owed()
+            await self._read_holes_again()
+
+    async def _read_holes_again(self) -> None:
+        assert self.stream is not None
+        try:
+            again = await kafka.read_holes_again(self.stream)
+        except Exception as exc:  # a rebalance under way: look again
+            log.debug("consumer holes unreadable", error=repr(exc))
+            return
+        if again:
+            log.warning(
+                "offsets handed out were dropped unhandled: reading them again",
+                partitions=[f"{tp.topic}[{tp.partition}]" for tp in again],
+            )
+
+    async def _consumers_past_their_end(self) -> bool:
+        assert self.stream is not None
+        try:
+            lost = await kafka.partitions_past_their_end(self.stream)
+        except Exception as exc:  # a rebalance or a reconnection under way: look again
+            log.debug("consumer positions unreadable", error=repr(exc))
+            return False
+        if lost:
+            log.warning(
+                "broker lost data: consumers are past a partition's end, reading again",
+                partitions=[f"{tp.topic}[{tp.partition}]" for tp in lost],
+            )
+        return bool(lost)
 
     async def database_ready(self) -> str | None:
         return None if await mongo.ping(self.db) else "database unreachable"

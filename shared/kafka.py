@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -112,6 +113,10 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
         await admin.close()
 
 
+class NotAssignedError(Exception):
+    """The consumer holds no partitions (yet, or in a rebalance)."""
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -122,6 +127,13 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Partitions read again from the start that have committed nothing read since.
+        self._from_start: set[TP] = set()
+        # Where commits wait below what was acknowledged since: since when (monotonic).
+        self._holes: dict[tuple[TP, int], float] = {}
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -129,18 +141,67 @@ class _Consumer(faust_aiokafka.Consumer):
         """Read every assigned partition again from offset 0, moving the consumer the way
         a rebalance does: fetching stopped, what was handed out handled and acknowledged,
         the offsets kept for the old log dropped (they mean nothing in the new one, and
-        would hold back or corrupt its commits), then the seek."""
+        would hold back or corrupt its commits), then the seek. The partitions stay read
+        from the start until an offset read since is committed (see ``perform_seek``)."""
         partitions = self.assignment()
+        if not partitions:
+            raise NotAssignedError("no partitions assigned yet: nothing to read again")
         self.stop_flow()
         try:
             await self.wait_for_stopped_flow()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wait_empty(), drain_timeout_s)
-            for tp in partitions:
-                self._forget_offsets(tp)
-            await self.seek_wait(dict.fromkeys(partitions, 0))
+            self._from_start |= partitions
+            await self._seek_to_start(partitions)
         finally:
             self.resume_flow()
+
+    async def perform_seek(self) -> None:
+        """Faust's seek back to the committed offsets, which it makes whenever its flow
+        stops or the group rebalances (a broker restart brings both). For a partition read
+        again from the start nothing read since is committed yet: what the broker holds
+        was committed from the consumer's old positions, reached in the new log before the
+        loss was noticed, and seeking there would skip what lies below them for good."""
+        await super().perform_seek()
+        again = self._from_start & self.assignment()
+        if again:
+            await self._seek_to_start(again)
+
+    async def _seek_to_start(self, partitions: set[TP]) -> None:
+        for tp in partitions:
+            self._forget_offsets(tp)
+        await self.seek_wait(dict.fromkeys(partitions, 0))
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        if committed:  # the broker holds an offset of the new log for these now
+            self._from_start.difference_update(offsets)
+        return committed
+
+    async def read_holes_again(self, after_s: float) -> list[TP]:
+        """Seek back to the committed offset each partition whose commits have waited
+        ``after_s`` on offsets below everything acknowledged since: offsets that were
+        handed out and dropped unhandled (Faust skips what it fetched for a group
+        generation that a rebalance has ended) and that no seek brought back. Without
+        this they would be handled only after the service restarts, and the partition's
+        commits would wait as long (Faust commits past a gap only where it saw one in
+        what it fetched)."""
+        now = time.monotonic()
+        holes = {
+            (tp, committed)
+            for tp, acked in self._acked.items()
+            if acked
+            and (committed := self._committed_offset.get(tp)) is not None
+            and min(acked) > committed + 1  # where Faust's commit gives up
+        }
+        self._holes = {hole: self._holes.get(hole, now) for hole in holes}
+        due = [hole for hole, since in self._holes.items() if now - since >= after_s]
+        for tp, committed in due:
+            del self._holes[(tp, committed)]
+            await self.seek(tp, committed)
+        return [tp for tp, _ in due]
 
     def _forget_offsets(self, tp: TP) -> None:
         # What Faust drops for a revoked partition.
@@ -222,6 +283,13 @@ def past_their_end(
         for tp, position in positions.items()
         if position is not None and (end := ends.get(tp)) is not None and position > end
     )
+
+
+async def read_holes_again(app: faust.App, after_s: float = 5.0) -> list[TP]:
+    """``_Consumer.read_holes_again`` for the app's consumer."""
+    consumer = app.consumer
+    assert isinstance(consumer, _Consumer), "the app was not made by create_stream_app"
+    return await consumer.read_holes_again(after_s)
 
 
 async def partitions_past_their_end(app: faust.App, timeout_s: float = 2.0) -> list[TopicPartition]:

@@ -133,9 +133,10 @@ class System:
         return await self.metric(service, f"switchboard_{service}_events_in_total")
 
     async def busy_with(self) -> str:
-        """What could still reach the desk, in words; empty once nothing can: no outbox
-        holds an unsent event, each service has committed to the end of its input on the
-        way to the desk, and notify has no delivery pending."""
+        """What is still under way, in words; empty once nothing is: no outbox holds an
+        unsent event, notify has no delivery pending, and each service has committed to
+        the end of every topic it reads (a late duplicate would have been sent by then,
+        and a consumer that skipped or stalled after a fault shows here)."""
         async with httpx.AsyncClient(timeout=5.0, headers=admin_headers()) as http:
             pending = await http.get(
                 f"{self.url('notify')}/v1/deliveries", params={"status": "pending", "limit": 1}
@@ -146,17 +147,23 @@ class System:
             backlog = await self.metric(service, f"switchboard_{service}_outbox_backlog")
             if backlog > 0:
                 return f"{service}'s outbox holds {backlog:.0f} unsent"
-        for service, topic in self.inputs_toward_the_desk().items():
+        for service, topic in self.inputs():
             behind = await self._behind(self.kafka.group_id(service), topic)
             if behind:
                 return f"{service} has not committed to the end: {behind}"
         return ""
 
-    def inputs_toward_the_desk(self) -> dict[str, str]:
-        """Each service's input on the way to the desk. Ingest's consumers feed its
-        journey read model, which sends nothing on."""
+    def inputs(self) -> list[tuple[str, str]]:
+        """The topics each service reads: enrich, router and notify's on the way to the
+        desk, and those ingest reads into its journey read model."""
         topics = self.kafka.topics
-        return {"enrich": topics.received, "router": topics.enriched, "notify": topics.assignments}
+        journey = (topics.enriched, topics.assignments, topics.deliveries)
+        return [
+            ("enrich", topics.received),
+            ("router", topics.enriched),
+            ("notify", topics.assignments),
+            *(("ingest", topic) for topic in journey),
+        ]
 
     async def _behind(self, group: str, topic: str) -> str:
         """Where ``group`` has committed short of the end of ``topic``'s partitions;

@@ -414,6 +414,13 @@ class Outbox:
         deleted = await self.collection.delete_many({"key_text": key})
         return deleted.deleted_count
 
+    async def stored_among(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these events the outbox holds (whatever became of them since)."""
+        if not event_ids:  # an empty $in makes the embedded store scan the collection
+            return set()
+        cursor = self.collection.find({"_id": {"$in": list(event_ids)}}, {"_id": 1})
+        return {str(doc["_id"]) async for doc in cursor}
+
     async def find(self, event_id: str) -> Document | None:
         # No projection: the embedded store returns dates as strings under one.
         return await self.collection.find_one({"_id": event_id})

@@ -16,8 +16,8 @@ re-keying is finished by the next start.
 
 A post counts once in its author's history however often it is delivered: the profile's
 update carries the post's id, conditioned on its absence among the latest ids the profile
-keeps (one atomic write, whatever else runs), and the ids of counted posts are kept
-(``counted_posts``) for a redelivery that comes after the author's next posts.
+keeps (one atomic write, whatever else runs); a redelivery that comes after the author's
+next posts is known by its enriched event, which the outbox keeps.
 
 The store has no multi-document transactions, so a merge marks both profiles (field
 ``merging``, and when in ``merging_since``) before it writes, and each of its writes is
@@ -31,7 +31,6 @@ import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
@@ -59,9 +58,6 @@ RECENT_POSTS = "recent_posts"
 RECENT_POSTS_KEPT = 32
 # A stored identity whose handle is a URL: the only kind an earlier rule read otherwise.
 URL_IDENTITY = "^[a-z]+:https?://"
-# A counted post's id is kept longer than any topic keeps the post (7 days in deploy/),
-# so no redelivery outlives it.
-COUNTED_POSTS_KEPT = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -114,12 +110,8 @@ class EnrichRepository:
         self.aliases = db["aliases"]
         self.emails = db["emails"]
         self.crm_ids = db["crm_ids"]
-        self.counted_posts = db["counted_posts"]  # interaction ids, with when counted
 
     async def ensure_indexes(self) -> None:
-        await self.counted_posts.create_index(
-            "at", expireAfterSeconds=int(COUNTED_POSTS_KEPT.total_seconds())
-        )
         await self.identities.create_index("customer_id")
         await self.aliases.create_index("customer_id")
         await self.emails.create_index("customer_id")
@@ -306,38 +298,26 @@ class EnrichRepository:
     async def count_posts(self, posts: dict[str, str], followers: dict[str, int]) -> None:
         """Add each post (interaction id -> its author's customer id) to the author's post
         count unless the profile counted it already, and keep prospects' follower counts
-        current."""
-        updates = [
-            UpdateOne(
-                # $nin, not $ne: the embedded store misreads $ne on a list, or on none.
-                {"_id": customer_id, RECENT_POSTS: {"$nin": [interaction_id]}},
-                {
-                    "$inc": {"posts": 1},
-                    "$push": {
-                        RECENT_POSTS: {"$each": [interaction_id], "$slice": -RECENT_POSTS_KEPT}
-                    },
-                },
+        current (with the author's first post here, or on its own)."""
+        follow = dict(followers)
+        updates = []
+        for interaction_id, customer_id in posts.items():
+            update: Document = {
+                "$inc": {"posts": 1},
+                "$push": {RECENT_POSTS: {"$each": [interaction_id], "$slice": -RECENT_POSTS_KEPT}},
+            }
+            if customer_id in follow:
+                update["$set"] = {"followers": follow.pop(customer_id)}
+            # $nin, not $ne: the embedded store misreads $ne on a list, or on none.
+            updates.append(
+                UpdateOne({"_id": customer_id, RECENT_POSTS: {"$nin": [interaction_id]}}, update)
             )
-            for interaction_id, customer_id in posts.items()
-        ]
         updates += [
             UpdateOne({"_id": customer_id}, {"$set": {"followers": count}})
-            for customer_id, count in followers.items()
+            for customer_id, count in follow.items()
         ]
         if updates:
             await self.customers.bulk_write(updates, ordered=False)
-
-    async def counted_among(self, interaction_ids: Sequence[str]) -> set[str]:
-        """The posts counted in their authors' histories already, of these."""
-        if not interaction_ids:  # an empty $in makes the embedded store scan the collection
-            return set()
-        cursor = self.counted_posts.find({"_id": {"$in": list(interaction_ids)}}, {"_id": 1})
-        return {str(doc["_id"]) async for doc in cursor}
-
-    async def remember_counted(self, interaction_ids: Sequence[str]) -> None:
-        """Note the posts as counted, once their authors' counts have them."""
-        at = utcnow()
-        await insert_new(self.counted_posts, [{"_id": i, "at": at} for i in interaction_ids])
 
     async def upsert_prospect(self, prospect: Document, followers: int) -> Document | None:
         """Store a prospect once, keeping its follower count current; returns it.

@@ -656,11 +656,14 @@ class EnrichService:
     async def enrich_batch(self, received: Sequence[CloudEvent[Interaction]]) -> None:
         """Enrich a consumed batch: authors resolved together, the enriched events and
         post counts stored together, in a few store round trips per batch. A post
-        delivered again (a retried batch, a restart, a rebalance) is enriched again, but
-        its author's history counts it once and the outbox keeps its first event."""
-        profiles, counted = await asyncio.gather(
+        delivered again (a retried batch, a restart, a rebalance, a topic read again) is
+        enriched again, but its author's history counts it once and the outbox keeps its
+        first event: a post whose event the outbox holds was counted, and one counted
+        whose event is not stored yet (a batch that failed midway) is among its author's
+        latest counted posts, which the count skips."""
+        profiles, enriched_before = await asyncio.gather(
             self.resolve_batch([event.data for event in received]),
-            self.repository.counted_among(sorted({event.data.id for event in received})),
+            self.outbox.stored_among([enriched_event_id(event) for event in received]),
         )
         posts_seen: collections.Counter[str] = (
             collections.Counter()
@@ -674,7 +677,8 @@ class EnrichService:
             ):
                 started = time.perf_counter()
                 posts = int(profile.get("posts", 0)) + posts_seen[profile["_id"]]
-                if event.data.id not in counted and event.data.id not in new_posts:
+                counted = enriched_event_id(event) in enriched_before
+                if not counted and event.data.id not in new_posts:
                     new_posts[event.data.id] = profile["_id"]
                     posts_seen[profile["_id"]] += 1
                 enriched = self.enrich(event.data, profile, posts)
@@ -689,11 +693,7 @@ class EnrichService:
                 (self.topics.enriched, enriched.customer.id, enriched_event(event, enriched))
             )
         await self.repository.count_posts(new_posts, self.prospect_followers(received, profiles))
-        # Noted only once counted: a failure between the two leaves the post among the
-        # profile's recent ones, which the retry's count finds.
-        await asyncio.gather(
-            self.repository.remember_counted(list(new_posts)), self.outbox.add(entries)
-        )
+        await self.outbox.add(entries)
 
     def enrich(
         self, interaction: Interaction, customer: Document, posts: int
@@ -890,10 +890,14 @@ def imported_update(row: ImportRow) -> Document:
     return update
 
 
+def enriched_event_id(received: CloudEvent[Interaction]) -> str:
+    return derived_event_id(received.id, INTERACTION_ENRICHED)
+
+
 def enriched_event(
     received: CloudEvent[Interaction], enriched: EnrichedInteraction
 ) -> CloudEvent[EnrichedInteraction]:
-    event_id = derived_event_id(received.id, INTERACTION_ENRICHED)
+    event_id = enriched_event_id(received)
     return CloudEvent[EnrichedInteraction](
         id=event_id,
         source=SOURCE,

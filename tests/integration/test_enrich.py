@@ -22,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.enrich.config import EnrichSettings
 from services.enrich.main import create_app
-from services.enrich.repository import EnrichRepository
+from services.enrich.repository import RECENT_POSTS_KEPT, EnrichRepository
 from services.enrich.service import EnrichService
 from services.enrich.signals import HIGH_INFLUENCE
 from shared.embedded import EmbeddedStack
@@ -842,23 +842,20 @@ async def test_a_batch_that_failed_after_counting_counts_once_when_retried(
     assert (await profile(enrich, result.customer.id))["posts"] == 1
 
 
-async def test_a_post_counted_but_not_yet_noted_counts_once_when_retried(
-    enrich: Enrich, monkeypatch: pytest.MonkeyPatch
+async def test_a_post_redelivered_after_many_more_of_its_author_counts_once(
+    enrich: Enrich,
 ) -> None:
-    remember = EnrichRepository.remember_counted
-    failures = [RuntimeError("the store went away")]
+    """Past the latest posts a profile keeps, as when a topic is read again from its
+    start: the outbox, which holds the post's enriched event, tells it was counted."""
+    first = interaction("@chatty")
+    more = [interaction("@chatty") for _ in range(RECENT_POSTS_KEPT + 2)]
+    await enrich.send(first, *more)
+    results = await enrich.enriched(len(more) + 1)
+    last = interaction("@chatty")
+    await enrich.send(first, last)  # one handle, one partition: in this order
+    await enrich.enriched(len(more) + 2)
 
-    async def fails_once(self: EnrichRepository, *args: Any) -> Any:
-        if failures:  # the count is stored, the note that it is not
-            raise failures.pop()
-        return await remember(self, *args)
-
-    monkeypatch.setattr(EnrichRepository, "remember_counted", fails_once)
-    await enrich.send(interaction("@retried"))
-    [result] = await enrich.enriched(1)
-
-    assert not failures
-    assert (await profile(enrich, result.customer.id))["posts"] == 1
+    assert (await profile(enrich, results[0].customer.id))["posts"] == len(more) + 2
 
 
 async def test_one_post_in_concurrent_batches_counts_once(enrich: Enrich) -> None:

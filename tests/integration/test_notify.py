@@ -22,6 +22,7 @@ from services.notify.cache import Subscriptions
 from services.notify.config import NotifySettings
 from services.notify.main import create_app
 from services.notify.repository import AttemptRecord, NotifyRepository
+from services.notify.service import HAND_OVER_ROOM_PER_WORKER
 from shared.embedded import EmbeddedStack
 from shared.events import (
     Assignment,
@@ -570,14 +571,15 @@ async def test_fresh_deliveries_kept_waiting_by_a_backlog_go_back_to_the_store(
     """A backlog in the store goes first; fresh deliveries that wait past
     ``hand_over_wait_s`` meanwhile are released and claimed next, not left to leases
     that run for 40 s."""
+    count = HAND_OVER_ROOM_PER_WORKER + 8  # one worker: eight more than its room
     async with (
-        receiving(delay_s=0.3) as desk,
+        receiving(delay_s=0.1) as desk,
         notify(max_concurrent_deliveries=1, hand_over_wait_s=0.5) as service,
     ):
         await service.subscribe(desk.url)
-        await service.send(*(offered() for _ in range(12)))
-        await eventually(lambda: at_least(desk.received, 12), timeout_s=15.0)
+        await service.send(*(offered() for _ in range(count)))
+        await eventually(lambda: at_least(desk.received, count), timeout_s=30.0)
         await _settle()
 
-    assert len({headers["webhook-id"] for headers, _ in desk.received}) == 12
-    assert len(desk.received) == 12
+    assert len({headers["webhook-id"] for headers, _ in desk.received}) == count
+    assert len(desk.received) == count

@@ -1,43 +1,81 @@
 """Each interaction's journey, ingest to webhook: a read model fed by the topics.
 
 Ingest consumes the events the other services already publish (enriched, assignments,
-deliveries) and keeps one step per event, keyed by the event id, so a redelivered
-event changes nothing. No service reads another's database.
+deliveries) and keeps one step per event, keyed by the event id. A consumed batch's
+steps are stored as one document (a bucket), not one each: the journey is read rarely,
+and at full load its steps were three of the four documents ingest stored per
+interaction. A batch redelivered whole is refused by its bucket's id; one redelivered
+in another cut stores some steps twice, and reading keeps each event's step once.
+No service reads another's database.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInteraction
+from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInteraction, utcnow
 from shared.kafka import BatchHandler, decoded
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, epoch_ms, insert_new
+from shared.mongo import Document, as_utc, epoch_ms, insert_new
 from shared.outbox import entry_headers
 from shared.tracing import trace_id
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
+# Buckets are looked up among those written since the interaction was stored, less this
+# much for the clocks of ingest's replicas to disagree.
+CLOCK_SKEW = timedelta(minutes=1)
+
 
 class JourneyLog:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.steps = db["journey"]
+        self.buckets = db["journey_buckets"]
+        self.single_steps = db["journey"]  # one document per step, as kept before
 
     async def ensure_indexes(self) -> None:
-        await self.steps.create_index("interaction_id")
+        # MongoDB indexes each of a bucket's interaction ids (a multikey index); the
+        # embedded store cannot, and narrows by the time the bucket was written instead.
+        await self.buckets.create_index("interaction_ids")
+        await self.buckets.create_index("written_ms")
+        await self.single_steps.create_index("interaction_id")
 
     async def record(self, steps: Sequence[Document]) -> None:
-        await insert_new(self.steps, steps)
+        if steps:
+            await insert_new(self.buckets, [bucket(steps, utcnow())])
 
-    async def steps_of(self, interaction_id: str) -> list[Document]:
+    async def steps_of(self, interaction_id: str, since: datetime | None) -> list[Document]:
+        """The interaction's steps, each event's once, looked up among the buckets
+        written since it was stored (``since``), where known."""
+        query: Document = {"interaction_ids": {"$in": [interaction_id]}}
+        if since is not None:
+            query["written_ms"] = {"$gte": epoch_ms(since - CLOCK_SKEW)}
+        found = [
+            s
+            async for b in self.buckets.find(query, {"steps": 1})
+            for s in b["steps"]
+            if s["interaction_id"] == interaction_id
+        ]
         # $eq, as in MongoDB: the embedded store scans the collection for a bare value.
-        query = {"interaction_id": {"$eq": interaction_id}}
-        return await self.steps.find(query).to_list(length=None)
+        single = {"interaction_id": {"$eq": interaction_id}}
+        found += await self.single_steps.find(single).to_list(length=None)
+        return list({s["_id"]: s for s in found}.values())
+
+
+def bucket(steps: Sequence[Document], written_at: datetime) -> Document:
+    """One batch's steps as one document, its id made of their event ids."""
+    ids = hashlib.sha256("\n".join(s["_id"] for s in steps).encode()).hexdigest()
+    return {
+        "_id": ids[:32],
+        "interaction_ids": sorted({s["interaction_id"] for s in steps}),
+        "written_ms": epoch_ms(written_at),
+        "steps": list(steps),
+    }
 
 
 def step(
@@ -116,7 +154,7 @@ def first_steps(
     """What ingest itself did: accepted the interaction, published its event."""
     trace = trace_id(traceparent_of(entry))
     steps = [
-        _own_step("accepted", stored.get("stored_at"), trace),
+        _own_step("accepted", stored_at(stored), trace),
         _own_step("published", published_at, trace),
     ]
     return [s for s in steps if s is not None]
@@ -130,11 +168,18 @@ def traceparent_of(entry: Document | None) -> str | None:
     return None
 
 
-def _own_step(name: str, at: datetime | str | None, trace: str | None) -> Document | None:
+def stored_at(stored: Document) -> datetime | None:
+    """When ingest stored the interaction (a string in some earlier documents)."""
+    at = stored.get("stored_at")
     if at is None:
         return None
-    when = datetime.fromisoformat(at) if isinstance(at, str) else at
-    return {"at_ms": epoch_ms(when), "at": when.isoformat(), "step": name, "trace_id": trace}
+    return as_utc(datetime.fromisoformat(at) if isinstance(at, str) else at)
+
+
+def _own_step(name: str, at: datetime | None, trace: str | None) -> Document | None:
+    if at is None:
+        return None
+    return {"at_ms": epoch_ms(at), "at": at.isoformat(), "step": name, "trace_id": trace}
 
 
 def journey(

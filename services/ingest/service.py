@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from services.ingest.journey import JourneyLog, journey
+from services.ingest.journey import JourneyLog, journey, stored_at
 from services.ingest.repository import IngestRepository, interaction_fields
 from shared.egress import check_endpoint
 from shared.events import (
@@ -437,7 +437,8 @@ class IngestService:
             return None
         entry = await self._entry_of(stored)
         published_at = await self._published_at(entry)
-        return journey(stored, entry, published_at, await self.journeys.steps_of(interaction_id))
+        steps = await self.journeys.steps_of(interaction_id, stored_at(stored))
+        return journey(stored, entry, published_at, steps)
 
     async def get(self, interaction_id: str) -> Document | None:
         """What ingest knows of an interaction: it, when it was stored and when published."""

@@ -21,11 +21,15 @@ from hypothesis import strategies as st
 from pymongo import AsyncMongoClient
 
 from services.ingest.config import IngestSettings
+from services.ingest.journey import delivery_step
 from services.ingest.main import create_app
 from services.ingest.service import InteractionIn, author_key, received_event
 from shared.embedded import EmbeddedStack
 from shared.events import (
+    DELIVERY_ATTEMPTED,
     INTERACTION_RECEIVED,
+    CloudEvent,
+    DeliveryAttempt,
     Interaction,
     RejectedSubmission,
     encode,
@@ -36,6 +40,7 @@ from tests.support import (
     at_least,
     client_of,
     eventually,
+    publish,
     read_topic,
     service_settings,
     serving,
@@ -226,6 +231,83 @@ async def test_journey_carries_the_callers_trace_from_the_published_event(
 
     assert [step["step"] for step in answer.json()["steps"]] == ["accepted", "published"]
     assert answer.json()["trace_ids"] == [trace]
+
+
+def _attempt(interaction_id: str, attempt: int, outcome: str) -> CloudEvent[DeliveryAttempt]:
+    data = DeliveryAttempt(
+        delivery_id=f"delivery-{interaction_id}",
+        subscription_id="desk",
+        interaction_id=interaction_id,
+        event_id=f"offer-{interaction_id}",
+        event_type="assignment.offered",
+        attempt=attempt,
+        outcome=outcome,
+        at=utcnow(),
+    )
+    return CloudEvent[DeliveryAttempt](
+        id=f"attempt-{attempt}-{interaction_id}",
+        source="/notify",
+        type=DELIVERY_ATTEMPTED,
+        data=data,
+    )
+
+
+async def _journey_steps(ingest: Ingest, interaction_id: str) -> list[str]:
+    answer = await ingest.http.get(
+        f"/v1/interactions/{interaction_id}/journey", headers=admin_headers()
+    )
+    assert answer.status_code == 200
+    return [step["step"] for step in answer.json()["steps"]]
+
+
+async def test_journey_keeps_each_events_step_once_however_batches_were_cut(
+    ingest: Ingest,
+) -> None:
+    """Steps are stored a consumed batch to a document; a redelivery cut differently
+    stores some twice, and a step kept one to a document (as before) is read too."""
+    posted = await ingest.http.post("/v1/interactions", json=mention(), headers=ingest.headers())
+    other = await ingest.http.post(
+        "/v1/interactions", json=mention("tw-other"), headers=ingest.headers()
+    )
+    mine, theirs = posted.json()["id"], other.json()["id"]
+    await eventually(lambda: _published(ingest, mine))
+    await eventually(lambda: _published(ingest, theirs))
+    retry, delivered, dead = (
+        _attempt(mine, 1, "retry"),
+        _attempt(mine, 2, "delivered"),
+        _attempt(theirs, 1, "dead"),
+    )
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        ingest.settings.mongo.url.get_secret_value(), tz_aware=True
+    )
+    db = client[ingest.settings.mongo.database("ingest")]
+    await db["journey"].insert_one(delivery_step(retry) or {})  # an earlier layout's step
+    await client.close()
+    topic = ingest.settings.kafka.topics.deliveries
+
+    await publish(ingest.settings.kafka, topic, [(mine, retry), (mine, delivered)])
+    await eventually(lambda: _has_steps(ingest, mine, 4))
+    again = _attempt(mine, 3, "delivered")
+    await publish(
+        ingest.settings.kafka,
+        topic,
+        [(mine, delivered), (mine, retry), (mine, dead), (mine, again)],
+    )
+    await eventually(lambda: _has_steps(ingest, mine, 5))
+    await asyncio.sleep(1.0)  # anything more would have come with the last batch
+
+    assert await _journey_steps(ingest, mine) == [
+        "accepted",
+        "published",
+        "webhook retry",
+        "webhook delivered",
+        "webhook delivered",
+    ]
+    assert await _journey_steps(ingest, theirs) == ["accepted", "published", "webhook dead"]
+
+
+async def _has_steps(ingest: Ingest, interaction_id: str, count: int) -> bool:
+    return len(await _journey_steps(ingest, interaction_id)) >= count
 
 
 async def test_what_was_stored_in_the_earlier_layout_is_read_and_published(

@@ -1,81 +1,54 @@
 """Each interaction's journey, ingest to webhook: a read model fed by the topics.
 
 Ingest consumes the events the other services already publish (enriched, assignments,
-deliveries) and keeps one step per event, keyed by the event id. A consumed batch's
-steps are stored as one document (a bucket), not one each: the journey is read rarely,
-and at full load its steps were three of the four documents ingest stored per
-interaction. A batch redelivered whole is refused by its bucket's id; one redelivered
-in another cut stores some steps twice, and reading keeps each event's step once.
-No service reads another's database.
+deliveries) and keeps one step per event, keyed by the event id, a consumed batch's
+steps to a document (``shared.steplog``): at full load one document per step made the
+journey three of the four documents ingest stored per interaction. No service reads
+another's database.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInteraction, utcnow
+from shared.events import Assignment, CloudEvent, DeliveryAttempt, EnrichedInteraction
 from shared.kafka import BatchHandler, decoded
 from shared.metrics import ServiceMetrics
-from shared.mongo import Document, as_utc, epoch_ms, insert_new
+from shared.mongo import Document, as_utc, epoch_ms
 from shared.outbox import entry_headers
+from shared.steplog import StepLog, once_each
 from shared.tracing import trace_id
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
-# Buckets are looked up among those written since the interaction was stored, less this
-# much for the clocks of ingest's replicas to disagree.
-CLOCK_SKEW = timedelta(minutes=1)
-
 
 class JourneyLog:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.buckets = db["journey_buckets"]
+        self.buckets = StepLog(db["journey_buckets"], "interaction_id")
         self.single_steps = db["journey"]  # one document per step, as kept before
 
     async def ensure_indexes(self) -> None:
-        # MongoDB indexes each of a bucket's interaction ids (a multikey index); the
-        # embedded store cannot, and narrows by the time the bucket was written instead.
-        await self.buckets.create_index("interaction_ids")
-        await self.buckets.create_index("written_ms")
+        await self.buckets.ensure_indexes()
         await self.single_steps.create_index("interaction_id")
 
     async def record(self, steps: Sequence[Document]) -> None:
-        if steps:
-            await insert_new(self.buckets, [bucket(steps, utcnow())])
+        await self.buckets.record(steps)
 
     async def steps_of(self, interaction_id: str, since: datetime | None) -> list[Document]:
-        """The interaction's steps, each event's once, looked up among the buckets
-        written since it was stored (``since``), where known."""
-        query: Document = {"interaction_ids": {"$in": [interaction_id]}}
-        if since is not None:
-            query["written_ms"] = {"$gte": epoch_ms(since - CLOCK_SKEW)}
-        found = [
-            s
-            async for b in self.buckets.find(query, {"steps": 1})
-            for s in b["steps"]
-            if s["interaction_id"] == interaction_id
-        ]
+        """The interaction's steps, each event's once (``since``: when it was stored)."""
         # $eq, as in MongoDB: the embedded store scans the collection for a bare value.
         single = {"interaction_id": {"$eq": interaction_id}}
-        found += await self.single_steps.find(single).to_list(length=None)
-        return list({s["_id"]: s for s in found}.values())
-
-
-def bucket(steps: Sequence[Document], written_at: datetime) -> Document:
-    """One batch's steps as one document, its id made of their event ids."""
-    ids = hashlib.sha256("\n".join(s["_id"] for s in steps).encode()).hexdigest()
-    return {
-        "_id": ids[:32],
-        "interaction_ids": sorted({s["interaction_id"] for s in steps}),
-        "written_ms": epoch_ms(written_at),
-        "steps": list(steps),
-    }
+        return once_each(
+            [
+                *await self.buckets.steps_of(interaction_id, since),
+                *await self.single_steps.find(single).to_list(length=None),
+            ]
+        )
 
 
 def step(

@@ -24,8 +24,9 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.events import derived_event_id, utcnow
+from shared.events import utcnow
 from shared.mongo import Document, as_utc, epoch_ms, insert_new
+from shared.steplog import StepLog, once_each
 
 # The most agents a decision step lists (and a batch of offers chooses among at once).
 CANDIDATES_READ = 200
@@ -63,7 +64,8 @@ class RouterRepository:
         self.agents = db["agents"]
         self.items = db["items"]
         self.policies = db["policies"]
-        self.decisions = db["decisions"]
+        self.decisions = StepLog(db["decision_buckets"], "item_id")
+        self.single_decisions = db["decisions"]  # one document per item's steps, as kept before
 
     async def items_in(
         self,
@@ -86,7 +88,8 @@ class RouterRepository:
         return found
 
     async def ensure_indexes(self) -> None:
-        await self.decisions.create_index("item_id")
+        await self.decisions.ensure_indexes()
+        await self.single_decisions.create_index("item_id")
         await self.items.create_index(
             [("state", ASCENDING), ("priority", ASCENDING), ("enqueued_at", ASCENDING)]
         )
@@ -181,22 +184,20 @@ class RouterRepository:
         await self.record_steps([step])
 
     async def record_steps(self, steps: Sequence[Document]) -> None:
-        """Store decision steps, one document per item however many steps it has here
-        (routed and offered, say): half the documents of one per step."""
-        by_item: dict[str, list[Document]] = {}
-        for step in steps:
-            by_item.setdefault(step["item_id"], []).append(step)
-        await insert_new(self.decisions, [bundled(item_steps) for item_steps in by_item.values()])
+        """Store decision steps together, one document for the lot (``shared.steplog``)."""
+        await self.decisions.record(steps)
 
-    async def steps_for(self, item_id: str) -> list[Document]:
-        """Every step of an item once (a redelivery may have stored one again, alone or
-        with others)."""
-        found = self.decisions.find({"item_id": {"$eq": item_id}})
-        steps: dict[str, Document] = {}
-        async for doc in found:
-            for step in unbundled(doc):
-                steps.setdefault(step["_id"], step)
-        return list(steps.values())
+    async def steps_for(self, item: Document) -> list[Document]:
+        """Every step of a stored item once (a redelivery may have stored one again, alone
+        or with others)."""
+        item_id = item["_id"]
+        single = self.single_decisions.find({"item_id": {"$eq": item_id}})
+        return once_each(
+            [
+                *await self.decisions.steps_of(item_id, as_utc(item["enqueued_at"])),
+                *[step async for doc in single for step in unbundled(doc)],
+            ]
+        )
 
     async def candidate_agents(self, limit: int = CANDIDATES_READ) -> list[Document]:
         return await self.agents.find().limit(limit).to_list(length=limit)
@@ -414,27 +415,8 @@ def enqueued_ms_of(item: Document) -> int:
     return epoch_ms(as_utc(item["enqueued_at"]))
 
 
-# A step's candidates (one entry per agent) are kept as JSON text: they are only ever read
-# whole, and the embedded store takes one text field for a fraction of the cost of as
-# many nested documents (offered steps were most of the router's store time per batch).
-def packed_step(step: Document) -> Document:
-    if "candidates" not in step:
-        return step
-    return {**step, "candidates": json.dumps(step["candidates"], separators=(",", ":"))}
-
-
-def bundled(steps: Sequence[Document]) -> Document:
-    """One item's steps as one document: a lone step as itself, several as JSON text under
-    an id made of theirs (storing the same steps again stores nothing)."""
-    if len(steps) == 1:
-        return packed_step(steps[0])
-    return {
-        "_id": derived_event_id("steps", *(step["_id"] for step in steps)),
-        "item_id": steps[0]["item_id"],
-        "steps": json.dumps(list(steps), separators=(",", ":"), default=str),
-    }
-
-
+# How decision steps were kept before ``shared.steplog``: one document per item per batch,
+# a lone step as itself (its candidates as JSON text), several as JSON text together.
 def unbundled(doc: Document) -> list[Document]:
     if isinstance(doc.get("steps"), str):
         steps: list[Document] = json.loads(doc["steps"])

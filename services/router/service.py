@@ -724,7 +724,7 @@ class RouterService:
         item = await self.repository.find_item(item_id)
         if item is None:
             return None
-        return readable(item, await self.repository.steps_for(item_id))
+        return readable(item, await self.repository.steps_for(item))
 
     async def queue_stats(self) -> list[QueueStats]:
         """Depth by priority, oldest wait and breaches per queue; online agents' load."""

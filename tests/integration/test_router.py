@@ -834,20 +834,24 @@ async def test_decision_steps_stored_together_or_again_read_back_once_each(
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
     repository = RouterRepository(client[namespace])
     await repository.ensure_indexes()
+    item = {"_id": "i-1", "enqueued_at": utcnow()}
     routed = step("i-1", "routed", summary="policy v1")
     offered = step("i-1", "offered", 1, agent_id="a-1", candidates=[{"agent_id": "a-1"}])
     other = step("i-2", "routed", summary="policy v1")
+    # As kept before: one document per item per batch, its candidates as JSON text.
+    earlier = {**offered, "candidates": '[{"agent_id":"a-1"}]'}
+    await client[namespace]["decisions"].insert_one(earlier)
 
-    await repository.record_steps([routed, offered, other])  # a batch: i-1's two together
+    await repository.record_steps([routed, offered, other])  # a batch, one document
     await repository.record_steps([routed, offered, other])  # the batch redelivered
     await repository.record_steps([step("i-1", "routed", summary="policy v1")])  # alone
-    stored = await client[namespace]["decisions"].count_documents({})
-    steps = await repository.steps_for("i-1")
+    stored = await client[namespace]["decision_buckets"].count_documents({})
+    steps = await repository.steps_for(item)
     await client.close()
 
-    assert stored == 3  # i-1's pair, i-1's routed alone, i-2's
-    assert sorted(s["step"] for s in steps) == ["offered", "routed"]
-    assert next(s for s in steps if s["step"] == "offered")["candidates"] == [{"agent_id": "a-1"}]
+    assert stored == 2  # the batch once, i-1's routed step alone
+    assert [s["step"] for s in steps] == ["routed", "offered"]
+    assert steps[1]["candidates"] == [{"agent_id": "a-1"}]
 
 
 async def test_capacity_is_reserved_in_one_write_and_only_where_it_was_free(

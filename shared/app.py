@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from fastapi import APIRouter, FastAPI
 from faust.contrib.asgi import faust_app_running
 from pymongo import AsyncMongoClient
@@ -61,6 +62,8 @@ class Runtime:
     stream: faust.App | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     rewind_owed: bool = False  # the broker lost its log and the consumers must read again
+    topics: set[str] = field(default_factory=set)  # those consumed
+    lag_shown: set[tuple[str, str]] = field(default_factory=set)  # consumer_lag's labels
 
     @classmethod
     def create(cls, name: str, settings: ServiceSettings) -> Runtime:
@@ -88,6 +91,7 @@ class Runtime:
         for a batch to fill."""
         if self.stream is None:
             self.stream = kafka.create_stream_app(self.name, self.settings)
+        self.topics.add(topic)
         kafka.consume_batches(
             self.stream,
             topic,
@@ -116,18 +120,21 @@ class Runtime:
         self.rewind_owed = False
         log.warning("broker lost data: consumers read their topics again from the start")
 
-    async def watch_for_lost_log(
-        self, relays: Sequence[OutboxRelay], interval_s: float = 0.5
-    ) -> None:
+    async def watch_consumers(self, relays: Sequence[OutboxRelay], interval_s: float = 0.5) -> None:
         """Notice a broker that lost its log from this service's own consumers, whether or
         not its relay noticed: a consumer positioned past a partition's end would wait for
         offsets the new log has not reached, and pass over everything published again
-        below them. Then read everything again, and publish the recent window again."""
+        below them. Then read everything again, and publish the recent window again.
+        Each turn also shows each partition's lag."""
         while self.stream is not None:
             await asyncio.sleep(interval_s)
             if not kafka.is_assigned(self.stream):
+                self._show_lags({})
                 continue
-            if await self._consumers_past_their_end():
+            standing = await self._standing()
+            if standing is not None:
+                self._show_lags(standing.lags())
+            if standing is not None and self._past_their_end(standing):
                 for relay in relays:
                     relay.republish_window("a consumer is past a partition's end")
                 self.rewind_owed = True
@@ -147,19 +154,36 @@ class Runtime:
                 partitions=[f"{tp.topic}[{tp.partition}]" for tp in again],
             )
 
-    async def _consumers_past_their_end(self) -> bool:
+    async def _standing(self) -> kafka.Standing | None:
         assert self.stream is not None
         try:
-            lost = await kafka.partitions_past_their_end(self.stream)
+            return await kafka.standing(self.stream)
         except Exception as exc:  # a rebalance or a reconnection under way: look again
             log.debug("consumer positions unreadable", error=repr(exc))
-            return False
+            return None
+
+    def _past_their_end(self, standing: kafka.Standing) -> bool:
+        lost = standing.past_their_end()
         if lost:
             log.warning(
                 "broker lost data: consumers are past a partition's end, reading again",
                 partitions=[f"{tp.topic}[{tp.partition}]" for tp in lost],
             )
         return bool(lost)
+
+    def _show_lags(self, lags: dict[TopicPartition, int]) -> None:
+        """Set the lag of each partition this process consumes (not Faust's own topics);
+        a partition another replica took over is no longer shown here."""
+        shown = {
+            (tp.topic, str(tp.partition)): lag
+            for tp, lag in lags.items()
+            if tp.topic in self.topics
+        }
+        for labels in self.lag_shown - shown.keys():
+            self.metrics.consumer_lag.remove(*labels)
+        for labels, lag in shown.items():
+            self.metrics.consumer_lag.labels(*labels).set(lag)
+        self.lag_shown = set(shown)
 
     async def database_ready(self) -> str | None:
         return None if await mongo.ping(self.db) else "database unreachable"
@@ -201,7 +225,7 @@ def service_app(
             )
         runtime.tasks = [
             *(asyncio.create_task(relay.run()) for relay in relays),
-            asyncio.create_task(runtime.watch_for_lost_log(relays)),
+            asyncio.create_task(runtime.watch_consumers(relays)),
             *(asyncio.create_task(work()) for work in background),
         ]
         try:

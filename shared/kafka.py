@@ -292,18 +292,52 @@ async def read_holes_again(app: faust.App, after_s: float = 5.0) -> list[TP]:
     return await consumer.read_holes_again(after_s)
 
 
-async def partitions_past_their_end(app: faust.App, timeout_s: float = 2.0) -> list[TopicPartition]:
-    """``past_their_end`` for the app's consumer, from its fetch positions and the ends the
-    broker reported with its last fetch responses (no request of its own)."""
+def lags(
+    committed: Mapping[TopicPartition, int | None], ends: Mapping[TopicPartition, int | None]
+) -> dict[TopicPartition, int]:
+    """Records each partition holds past the offset committed as handled (none where
+    the committed offset is past the end: a broker that lost its log). Unknown offsets
+    or ends are left out."""
+    return {
+        tp: max(0, end - offset)
+        for tp, offset in committed.items()
+        if offset is not None and (end := ends.get(tp)) is not None
+    }
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a consumer stands on each partition assigned to it: its fetch position, the
+    end the broker reported with its last fetch response (no request of its own), and
+    the offset its group committed as handled."""
+
+    positions: dict[TopicPartition, int | None]
+    ends: dict[TopicPartition, int | None]
+    committed: dict[TopicPartition, int | None]
+
+    def past_their_end(self) -> list[TopicPartition]:
+        return past_their_end(self.positions, self.ends)
+
+    def lags(self) -> dict[TopicPartition, int]:
+        return lags(self.committed, self.ends)
+
+
+async def standing(app: faust.App, timeout_s: float = 2.0) -> Standing:
+    """The ``Standing`` of the app's consumer."""
     consumer = app.consumer
+    assert isinstance(consumer, _Consumer), "the app was not made by create_stream_app"
     positions: dict[TopicPartition, int | None] = {}
     ends: dict[TopicPartition, int | None] = {}
+    committed: dict[TopicPartition, int | None] = {}
     for tp in consumer.assignment():
         # Position first, end after: an end only grows between two fetches and a position
         # never passes the end its own fetch reported, so this order cannot see a false loss.
         positions[tp] = await asyncio.wait_for(consumer.position(tp), timeout_s)
         ends[tp] = consumer.highwater(tp)
-    return past_their_end(positions, ends)
+        offset = consumer._committed_offset.get(tp)  # the next to handle, as Kafka counts
+        # Nothing committed: the group reads from the start (auto_offset_reset=earliest).
+        committed[tp] = 0 if offset is None else offset
+    return Standing(positions, ends, committed)
 
 
 def is_assigned(app: faust.App) -> bool:

@@ -23,6 +23,7 @@ class ServiceMetrics:
     events_failed: Counter
     handle_seconds: Histogram
     outbox_backlog: Gauge
+    consumer_lag: Gauge
     publish_lag_seconds: Histogram
     http_requests: Counter
     http_seconds: Histogram
@@ -51,6 +52,11 @@ def service_metrics(service: str) -> ServiceMetrics:
             f"{prefix}_outbox_backlog",
             "Events stored but not yet published (at most one relay batch), by outbox",
             ["outbox"],
+        ),
+        consumer_lag=Gauge(
+            f"{prefix}_consumer_lag",
+            "Records on a partition this process consumes past what it committed as handled",
+            ["topic", "partition"],
         ),
         http_requests=Counter(
             f"{prefix}_http_requests",

@@ -29,7 +29,7 @@ SERVICES = ("ingest", "enrich", "router", "notify")
 # target it scrapes.
 FROM_PROMETHEUS = frozenset({"up"})
 # Strimzi's Kafka Exporter, where the overlay's Kafka resource runs one (kafkaExporter):
-# the consumer-lag series the services cannot measure themselves.
+# the consumer groups' lag as the broker sees it, replicas that stopped answering included.
 FROM_KAFKA_EXPORTER = frozenset(
     {
         "kafka_consumergroup_lag",

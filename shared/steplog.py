@@ -41,15 +41,7 @@ class StepLog:
 
     async def record(self, steps: Sequence[Document]) -> None:
         if steps:
-            await insert_new(self.buckets, [self.bucket(steps, utcnow())])
-
-    def bucket(self, steps: Sequence[Document], written_at: datetime) -> Document:
-        return {
-            "_id": derived_event_id("steps", *(step["_id"] for step in steps)),
-            "items": sorted({step[self.item_field] for step in steps}),
-            "written_ms": epoch_ms(written_at),
-            "steps": json.dumps(list(steps), separators=(",", ":"), default=str),
-        }
+            await insert_new(self.buckets, [bucket(steps, self.item_field, utcnow())])
 
     async def steps_of(self, item_id: str, since: datetime | None) -> list[Document]:
         """The item's steps, in the order stored, from the buckets written since the item
@@ -64,6 +56,16 @@ class StepLog:
             for step in json.loads(bucket["steps"])
             if step[self.item_field] == item_id
         ]
+
+
+def bucket(steps: Sequence[Document], item_field: str, written_at: datetime) -> Document:
+    """The steps as one document, its id made of theirs."""
+    return {
+        "_id": derived_event_id("steps", *(step["_id"] for step in steps)),
+        "items": sorted({step[item_field] for step in steps}),
+        "written_ms": epoch_ms(written_at),
+        "steps": json.dumps(list(steps), separators=(",", ":"), default=str),
+    }
 
 
 def once_each(steps: Iterable[Document]) -> list[Document]:

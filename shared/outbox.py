@@ -426,6 +426,16 @@ class Outbox:
         return await self.collection.find_one({"_id": event_id})
 
 
+def awaiting_in(coro: Any) -> list[str]:
+    """Where a suspended coroutine waits: each coroutine down its chain of awaits."""
+    where = []
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        frame = coro.cr_frame
+        where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = coro.cr_await
+    return where
+
+
 def joined(batches: Sequence[Batch]) -> Batch:
     """Batches published one after another, as one: each writer's advances made one, from
     the lowest start through the highest (each says all up to its ``through`` is out)."""
@@ -501,6 +511,7 @@ def entry_headers(entry: Document) -> list[tuple[str, bytes]]:
 
 Acked = tuple[str, int, int]  # topic, partition, the highest offset the broker gave a send
 RECALLED_MARKS = 20  # the latest marks read for what the broker acknowledged before
+PRODUCER_STOP_WAIT_S = 5.0  # a stop that hangs (aio-libs/aiokafka#1101) is given up on
 
 
 class BrokerMemory:
@@ -563,6 +574,7 @@ class OutboxRelay:
         on_broker_lost: Callable[[], Awaitable[None]] | None = None,
         tidy_every_s: float = 60.0,
         mark_every_s: float = 0.2,
+        acks_wait_s: float = 30.0,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
@@ -591,6 +603,13 @@ class OutboxRelay:
         # out again) and a replay (which then reads every mark made, though one made
         # after it would count for nothing anyway: its epoch is past).
         self.mark_every_s = mark_every_s
+        # aiokafka's producer can wait for ever on sends caught by a broker going away,
+        # and so can its stop (aio-libs/aiokafka#1101): a relay stuck there published
+        # nothing more, and noticed no loss. Past this wait (three of the producer's
+        # request timeouts) the batch counts as not sent: the producer is dropped and the
+        # batch goes out again from a new one (consumers dedupe).
+        self.acks_wait_s = acks_wait_s
+        self.turn_wait_s = 2 * acks_wait_s
         self._unmarked: list[Batch] = []
         self._marking: asyncio.Task[None] | None = None
         self._last_mark = 0.0
@@ -600,10 +619,7 @@ class OutboxRelay:
         try:
             while True:
                 try:
-                    await self._recall_broker()
-                    await self._replay_if_owed()
-                    published = await self.publish_pending()
-                    await self._tidy_when_due()
+                    published = await self._turn_within_wait()
                     if published < self.batch and self._replay_owed is None:
                         await self._wait_for_work()
                         await self._probe_when_due()
@@ -618,6 +634,29 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):  # unmarked entries are sent again
                 await asyncio.wait_for(self._marked(), timeout=2.0)
             await self._drop_producer()
+
+    async def _turn(self) -> int:
+        await self._recall_broker()
+        await self._replay_if_owed()
+        published = await self.publish_pending()
+        await self._tidy_when_due()
+        return published
+
+    async def _turn_within_wait(self) -> int:
+        """One turn, given up after ``turn_wait_s``: nothing the relay waits on (the
+        broker, the store, aiokafka's producer) may hold it for ever, as a relay that
+        waits for ever publishes nothing more and notices no loss. Where it waited is
+        logged."""
+        turn = asyncio.ensure_future(self._turn())
+        done, _ = await asyncio.wait({turn}, timeout=self.turn_wait_s)
+        if turn in done:
+            return turn.result()
+        where = awaiting_in(turn.get_coro())
+        turn.cancel()
+        turn.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen, not raised
+        await asyncio.wait({turn}, timeout=5.0)  # one that will not stop is left behind
+        log.warning("outbox relay waited too long, starting over", waiting_in=where)
+        raise TimeoutError(f"relay turn still waiting after {self.turn_wait_s}s")
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending entries; returns how many were published (their
@@ -639,16 +678,7 @@ class OutboxRelay:
             # others, which would leave keys pointing at partitions that do not exist.
             await ensure_topics(self.settings, {entry["topic"] for entry in entries})
         producer = await self._connected_producer()
-        deliveries = [
-            await producer.send(
-                entry["topic"],
-                value=entry_value(entry),
-                key=entry_key(entry),
-                headers=entry_headers(entry),
-            )
-            for entry in entries
-        ]
-        sent = await asyncio.gather(*deliveries)
+        sent = await asyncio.wait_for(self._send(producer, entries), self.acks_wait_s)
         await self._mark_soon(batch)
         if self.memory.acknowledged(sent):
             self._owe_replay("offsets went backwards on a send", seen_here=True)
@@ -659,6 +689,21 @@ class OutboxRelay:
             if isinstance(entry.get("stored_at"), datetime):
                 self.metrics.publish_lag_seconds.observe((now - entry["stored_at"]).total_seconds())
         return len(entries)
+
+    @staticmethod
+    async def _send(
+        producer: AIOKafkaProducer, entries: Sequence[Document]
+    ) -> list[RecordMetadata]:
+        deliveries = [
+            await producer.send(
+                entry["topic"],
+                value=entry_value(entry),
+                key=entry_key(entry),
+                headers=entry_headers(entry),
+            )
+            for entry in entries
+        ]
+        return list(await asyncio.gather(*deliveries))
 
     async def _tidy_when_due(self) -> None:
         if time.monotonic() - self._last_tidy >= self.tidy_every_s:
@@ -780,5 +825,9 @@ class OutboxRelay:
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), PRODUCER_STOP_WAIT_S)
+            except TimeoutError:
+                log.warning("outbox producer did not stop in time; left behind")
+            except Exception as exc:
+                log.info("outbox producer stopped with an error", error=repr(exc))

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
@@ -397,3 +399,79 @@ async def relay_running(relay: OutboxRelay) -> AsyncIterator[None]:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+class FirstProducerHangs(OutboxRelay):
+    """A relay whose first producer is caught as aiokafka's can be by a broker going away
+    (aio-libs/aiokafka#1101): its sends are never acknowledged nor failed, and its stop
+    never returns. The producers after it are real."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hung: list[AIOKafkaProducer] = []
+
+    async def _connected_producer(self) -> AIOKafkaProducer:
+        producer = await super()._connected_producer()
+        if not self.hung:
+            self.hung.append(producer)
+            producer.send = never_acknowledged
+            producer.stop = never_returns
+        return producer
+
+
+async def never_acknowledged(*_: object, **__: object) -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def never_returns() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_a_send_the_broker_never_answers_is_given_up_and_sent_again(
+    own_stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(own_stack.mongo_url, tz_aware=True)
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    settings = kafka_settings(own_stack.bootstrap_servers, namespace)
+    relay = FirstProducerHangs(outbox, settings, service_metrics("hung"), acks_wait_s=1.0)
+
+    async with relay_running(relay):
+        await outbox.add([note(f"n{n}") for n in range(5)])
+        events = await read_topic(settings, TOPIC, Note, expect=5, timeout_s=60, settle_s=1.0)
+    await client.close()
+
+    assert len(relay.hung) == 1
+    assert [event.id for _, event in events] == [f"n{n}" for n in range(5)]
+
+
+class FirstTurnHangs(OutboxRelay):
+    """A relay whose first publishing waits for ever, wherever that may happen."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hung = 0
+
+    async def publish_pending(self) -> int:
+        if not self.hung:
+            self.hung += 1
+            await asyncio.Event().wait()
+        return await super().publish_pending()
+
+
+async def test_a_relay_that_waits_too_long_anywhere_starts_over(
+    own_stack: EmbeddedStack, namespace: str
+) -> None:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(own_stack.mongo_url, tz_aware=True)
+    outbox = Outbox(client[namespace])
+    await outbox.ensure_indexes()
+    settings = kafka_settings(own_stack.bootstrap_servers, namespace)
+    relay = FirstTurnHangs(outbox, settings, service_metrics("stuck"), acks_wait_s=0.5)
+
+    async with relay_running(relay):
+        await outbox.add([note(f"n{n}") for n in range(5)])
+        events = await read_topic(settings, TOPIC, Note, expect=5, timeout_s=60, settle_s=1.0)
+    await client.close()
+
+    assert relay.hung == 1
+    assert [event.id for _, event in events] == [f"n{n}" for n in range(5)]

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -427,22 +427,33 @@ async def never_returns() -> None:
     await asyncio.Event().wait()
 
 
-async def test_a_send_the_broker_never_answers_is_given_up_and_sent_again(
-    own_stack: EmbeddedStack, namespace: str
-) -> None:
-    client: AsyncMongoClient[Document] = AsyncMongoClient(own_stack.mongo_url, tz_aware=True)
+RelayT = TypeVar("RelayT", bound=OutboxRelay)
+
+
+async def five_published_by(
+    relay_class: type[RelayT], stack: EmbeddedStack, namespace: str, acks_wait_s: float
+) -> tuple[RelayT, list[str]]:
+    """Five entries added to an outbox of its own, as the topic shows them published by a
+    relay of ``relay_class``."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo_url, tz_aware=True)
     outbox = Outbox(client[namespace])
     await outbox.ensure_indexes()
-    settings = kafka_settings(own_stack.bootstrap_servers, namespace)
-    relay = FirstProducerHangs(outbox, settings, service_metrics("hung"), acks_wait_s=1.0)
-
+    settings = kafka_settings(stack.bootstrap_servers, namespace)
+    relay = relay_class(outbox, settings, service_metrics(namespace), acks_wait_s=acks_wait_s)
     async with relay_running(relay):
         await outbox.add([note(f"n{n}") for n in range(5)])
         events = await read_topic(settings, TOPIC, Note, expect=5, timeout_s=60, settle_s=1.0)
     await client.close()
+    return relay, [event.id for _, event in events]
+
+
+async def test_a_send_the_broker_never_answers_is_given_up_and_sent_again(
+    own_stack: EmbeddedStack, namespace: str
+) -> None:
+    relay, published = await five_published_by(FirstProducerHangs, own_stack, namespace, 1.0)
 
     assert len(relay.hung) == 1
-    assert [event.id for _, event in events] == [f"n{n}" for n in range(5)]
+    assert published == [f"n{n}" for n in range(5)]
 
 
 class FirstTurnHangs(OutboxRelay):
@@ -462,16 +473,7 @@ class FirstTurnHangs(OutboxRelay):
 async def test_a_relay_that_waits_too_long_anywhere_starts_over(
     own_stack: EmbeddedStack, namespace: str
 ) -> None:
-    client: AsyncMongoClient[Document] = AsyncMongoClient(own_stack.mongo_url, tz_aware=True)
-    outbox = Outbox(client[namespace])
-    await outbox.ensure_indexes()
-    settings = kafka_settings(own_stack.bootstrap_servers, namespace)
-    relay = FirstTurnHangs(outbox, settings, service_metrics("stuck"), acks_wait_s=0.5)
-
-    async with relay_running(relay):
-        await outbox.add([note(f"n{n}") for n in range(5)])
-        events = await read_topic(settings, TOPIC, Note, expect=5, timeout_s=60, settle_s=1.0)
-    await client.close()
+    relay, published = await five_published_by(FirstTurnHangs, own_stack, namespace, 0.5)
 
     assert relay.hung == 1
-    assert [event.id for _, event in events] == [f"n{n}" for n in range(5)]
+    assert published == [f"n{n}" for n in range(5)]

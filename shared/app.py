@@ -134,10 +134,10 @@ class Runtime:
             standing = await self._standing()
             if standing is not None:
                 self._show_lags(standing.lags())
-            if standing is not None and self._past_their_end(standing):
-                for relay in relays:
-                    relay.republish_window("a consumer is past a partition's end")
-                self.rewind_owed = True
+                if self._past_their_end(standing):
+                    for relay in relays:
+                        relay.republish_window("a consumer is past a partition's end")
+                    self.rewind_owed = True
             await self._rewind_if_owed()
             await self._read_holes_again()
 

@@ -264,11 +264,15 @@ async def end_offsets(
         await consumer.stop()
 
 
-async def rewind(app: faust.App, drain_timeout_s: float = 10.0) -> None:
-    """Read every assigned partition again from its start (after the broker lost data)."""
+def _consumer_of(app: faust.App) -> _Consumer:
     consumer = app.consumer
     assert isinstance(consumer, _Consumer), "the app was not made by create_stream_app"
-    await consumer.read_again_from_start(drain_timeout_s)
+    return consumer
+
+
+async def rewind(app: faust.App, drain_timeout_s: float = 10.0) -> None:
+    """Read every assigned partition again from its start (after the broker lost data)."""
+    await _consumer_of(app).read_again_from_start(drain_timeout_s)
 
 
 def past_their_end(
@@ -287,9 +291,7 @@ def past_their_end(
 
 async def read_holes_again(app: faust.App, after_s: float = 5.0) -> list[TP]:
     """``_Consumer.read_holes_again`` for the app's consumer."""
-    consumer = app.consumer
-    assert isinstance(consumer, _Consumer), "the app was not made by create_stream_app"
-    return await consumer.read_holes_again(after_s)
+    return await _consumer_of(app).read_holes_again(after_s)
 
 
 def lags(
@@ -324,8 +326,7 @@ class Standing:
 
 async def standing(app: faust.App, timeout_s: float = 2.0) -> Standing:
     """The ``Standing`` of the app's consumer."""
-    consumer = app.consumer
-    assert isinstance(consumer, _Consumer), "the app was not made by create_stream_app"
+    consumer = _consumer_of(app)
     positions: dict[TopicPartition, int | None] = {}
     ends: dict[TopicPartition, int | None] = {}
     committed: dict[TopicPartition, int | None] = {}

@@ -20,7 +20,9 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.conn import CloseReason
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -30,6 +32,29 @@ from shared.metrics import ServiceMetrics
 from shared.settings import KafkaSettings, ServiceSettings
 
 log = get_logger(__name__)
+
+
+def _ask_for_metadata_without_creating_topics() -> None:
+    """aiokafka asks for a missing topic's metadata with auto-creation on, whatever its
+    caller (a producer's first send, a consumer's subscription, a probe), and the
+    embedded broker then creates the topic with its own default of 4 partitions. After
+    the broker lost its topics that would race the services' own creation with the
+    configured count: keys spread over partitions that the consumers, sized for the
+    configured count, were never assigned. Topics are made on purpose only
+    (``ensure_topics``, or the platform's manifests)."""
+    ask = MetadataRequest.__init__
+
+    def without_creating(
+        self: MetadataRequest,
+        topics: list[str] | None = None,
+        allow_auto_topic_creation: bool | None = False,
+    ) -> None:
+        ask(self, topics, allow_auto_topic_creation)
+
+    MetadataRequest.__init__ = without_creating
+
+
+_ask_for_metadata_without_creating_topics()
 
 
 @dataclass(frozen=True)
@@ -83,13 +108,52 @@ def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
 
 
 def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
+    producer = AIOKafkaProducer(
         **connection_args(settings),
         enable_idempotence=settings.idempotence,
         acks="all",
         linger_ms=2,
         request_timeout_ms=10_000,
     )
+    _retire_on_lost_connection(producer)
+    return producer
+
+
+_LOST = (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT)
+
+
+def _retire_on_lost_connection(producer: AIOKafkaProducer) -> None:
+    """From its first lost connection on, the producer connects to nothing more and fails
+    every send it holds or is given, so that its owner replaces it.
+
+    The broker it would reach next may be a new one that lost every topic (the embedded
+    broker after a restart), and aiokafka would send what it holds there at once, on the
+    topics it knew before. That broker takes records for topics it does not have, and
+    creating such a topic afterwards starts its offsets from 0 again over them: later
+    records collide with the earlier ones or overlap them, and consumers pass over some.
+    A new producer is made only after its topics are created again, and waits for them to
+    exist before it sends. What was failed goes out again from the outbox (consumers
+    dedupe)."""
+    client = producer.client
+    on_closed = client._on_connection_closed
+    get_conn = client._get_conn
+    lost: list[CloseReason] = []
+
+    def on_connection_closed(conn: Any, reason: CloseReason) -> None:
+        on_closed(conn, reason)
+        if reason in _LOST and not lost:
+            lost.append(reason)
+            log.info("producer lost its connection to the broker: retired", reason=reason.name)
+            producer._message_accumulator.fail_all(
+                KafkaConnectionError("the connection to the broker was lost")
+            )
+
+    async def connection(node_id: int, **kwargs: Any) -> Any:
+        return None if lost else await get_conn(node_id, **kwargs)
+
+    # aiokafka reads both on the client for each connection it opens.
+    client._on_connection_closed = on_connection_closed
+    client._get_conn = connection
 
 
 async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:

@@ -672,11 +672,12 @@ class OutboxRelay:
         if not entries:
             return 0
         if self._producer is None:
-            # First connection, or again after a failure: the broker may have lost its
-            # topics (a restart of an in-memory broker). Create them with the configured
-            # partitions before the producer's first send would auto-create them with
-            # others, which would leave keys pointing at partitions that do not exist.
-            await ensure_topics(self.settings, {entry["topic"] for entry in entries})
+            # First connection, or again after a failure or a lost connection: the broker
+            # may have lost its topics (a restart of an in-memory broker). Create them all
+            # before anything is sent (see ``kafka.create_producer``), those this service
+            # consumes too: their commits are refused until they exist.
+            topics = {entry["topic"] for entry in entries} | set(self.settings.topics.all())
+            await ensure_topics(self.settings, topics)
         producer = await self._connected_producer()
         sent = await asyncio.wait_for(self._send(producer, entries), self.acks_wait_s)
         await self._mark_soon(batch)

@@ -210,6 +210,9 @@ def service_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_logging(runtime.settings.log)
         await kafka.ensure_topics(runtime.settings.kafka, runtime.settings.kafka.topics.all())
+        if runtime.stream is not None:
+            leader = kafka.leader_topic(runtime.settings.kafka, runtime.name)
+            await kafka.ensure_topics(runtime.settings.kafka, [leader], partitions=1)
         every_outbox = (runtime.outbox, *outboxes)
         for outbox in every_outbox:
             await outbox.ensure_indexes()

@@ -156,8 +156,11 @@ def _retire_on_lost_connection(producer: AIOKafkaProducer) -> None:
     client._get_conn = connection
 
 
-async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
-    """Create the topics a service uses, if they are not there yet (and it may)."""
+async def ensure_topics(
+    settings: KafkaSettings, names: Iterable[str], partitions: int | None = None
+) -> None:
+    """Create the topics a service uses, if they are not there yet (and it may), with
+    ``partitions`` each (the configured count unless given)."""
     if not settings.create_topics:
         return
     admin = AIOKafkaAdminClient(**connection_args(settings))
@@ -167,7 +170,10 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
             compacted = settings.topics.is_compacted(name)
             configs = {"cleanup.policy": "compact"} if compacted else {}
             topic = NewTopic(
-                name, settings.partitions, settings.replication_factor, topic_configs=configs
+                name,
+                partitions or settings.partitions,
+                settings.replication_factor,
+                topic_configs=configs,
             )
             try:
                 await admin.create_topics([topic])
@@ -281,6 +287,12 @@ class StreamTransport(faust_aiokafka.Transport):
 
     Consumer = _Consumer
     fetch_max_wait_ms = 500
+
+
+def leader_topic(settings: KafkaSettings, service: str) -> str:
+    """Faust's leader-election topic of the service's consumer group (one partition, as
+    the prod manifests declare it). Faust only reads it, and ignores it where missing."""
+    return f"{settings.group_id(service)}-__assignor-__leader"
 
 
 def create_stream_app(service: str, settings: ServiceSettings) -> faust.App:

@@ -1,6 +1,7 @@
 """Topics on the embedded broker: none is made by asking for its metadata, and a producer
 that lost its broker writes nothing to a new, empty one before its topics are created
-again. Either would leave a topic other than the services expect."""
+again. Either would leave a topic other than the services expect. So a service creates
+what it needs itself, Faust's leader topic included."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
+from services.router.config import RouterSettings
+from services.router.main import create_app
 from shared import kafka
 from shared.embedded import EmbeddedStack, free_port
-from tests.support import kafka_settings
+from tests.support import client_of, kafka_settings, service_settings, topic_partitions
 
 
 async def test_asking_for_a_missing_topic_creates_nothing(
@@ -74,3 +77,15 @@ async def test_a_producer_that_lost_its_broker_sends_nothing_to_the_new_one(
         assert first.offset == 0
     finally:
         broker.stop()
+
+
+async def test_a_service_creates_its_groups_leader_topic(
+    stack: EmbeddedStack, namespace: str, tmp_path: Path
+) -> None:
+    """Faust reads its consumer group's leader topic and creates none (nor may it in
+    prod); the service makes it with one partition, as the prod manifests declare it."""
+    settings = service_settings(RouterSettings, stack, namespace, tmp_path)
+    leader = kafka.leader_topic(settings.kafka, "router")
+    async with client_of(create_app(settings)):
+        partitions = await topic_partitions(settings.kafka, leader, deadline=0)
+    assert [tp.partition for tp in partitions] == [0]

@@ -137,12 +137,13 @@ def _retire_on_lost_connection(producer: AIOKafkaProducer) -> None:
     client = producer.client
     on_closed = client._on_connection_closed
     get_conn = client._get_conn
-    lost: list[CloseReason] = []
+    lost = False
 
     def on_connection_closed(conn: Any, reason: CloseReason) -> None:
+        nonlocal lost
         on_closed(conn, reason)
         if reason in _LOST and not lost:
-            lost.append(reason)
+            lost = True
             log.info("producer lost its connection to the broker: retired", reason=reason.name)
             producer._message_accumulator.fail_all(
                 KafkaConnectionError("the connection to the broker was lost")

@@ -34,6 +34,11 @@ from shared.events import (
     SlaBreach,
     assignment_type,
 )
+from shared.outbox import OUTBOX_DEAD, DeadEntry
+
+# The type named for a dead-lettered record in this document: on the wire it keeps the
+# ce_* headers it was consumed with (if any), so it carries no type of its own.
+CONSUMED_DEAD = "io.switchboard.consumed.dead.v1"
 
 # Each topic, what it is for, and the event types (with their data models) it carries.
 CHANNELS: dict[str, tuple[str, dict[str, type[BaseModel] | None]]] = {
@@ -75,6 +80,20 @@ CHANNELS: dict[str, tuple[str, dict[str, type[BaseModel] | None]]] = {
         "Every API key issued or revoked (its hash, never the key), keyed by key id; "
         "each service keeps a replica to check the keys it is shown.",
         {ACCESS_KEY_CHANGED: AccessKey},
+    ),
+    topics.OUTBOX_DEAD: (
+        "Outbox entries the broker refused for good (too large, a topic it does not take), "
+        "moved aside so that the entries after them are published: where each was going "
+        "and why, keyed as the entry was. The entry itself is kept in the service's "
+        "<outbox>_dead collection.",
+        {OUTBOX_DEAD: DeadEntry},
+    ),
+    topics.CONSUMED_DEAD: (
+        "Records a consumer could not handle, however often it tried (not a valid event, "
+        "or one whose handling always fails): each as it was consumed (key, value and "
+        "headers, ce_* included), with headers switchboard-dead-reason, -topic, "
+        "-partition, -offset, -consumer and -at saying where it came from and why.",
+        {CONSUMED_DEAD: None},
     ),
 }
 

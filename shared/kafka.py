@@ -3,7 +3,10 @@
 Consumers take what a poll returns (``take_events``), hand the whole batch to the
 service, and only when the service has stored its effect do the events count as
 processed; Faust then commits their offsets. A batch whose handling fails is
-retried, never skipped, so nothing is committed before it is stored.
+retried, never skipped, so nothing is committed before it is stored or dead-lettered:
+a record that fails for a reason other than an outage, again and again, is isolated
+(its batch is handled a record at a time) and published to the dead-letter topic,
+and only once the broker acknowledged it does the partition move on past it.
 """
 
 from __future__ import annotations
@@ -11,22 +14,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import CloseReason
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from pymongo.errors import PyMongoError
 
-from shared.events import CloudEvent, DataT, UndecodableEvent, decode
+from shared.events import CloudEvent, DataT, UndecodableEvent, decode, utcnow
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
 from shared.settings import KafkaSettings, ServiceSettings
@@ -114,12 +134,52 @@ def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         acks="all",
         linger_ms=2,
         request_timeout_ms=10_000,
+        max_request_size=settings.max_message_bytes,
     )
     _retire_on_lost_connection(producer)
     return producer
 
 
 _LOST = (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT)
+
+# Refusals of a record or of its topic as such (by the broker, or by the producer before
+# it sends): sending the same record again gets the same answer. None is retriable;
+# anything else (a lost connection, a timeout, a leader moving) is worth waiting out.
+REFUSED_FOR_GOOD: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    UnsupportedForMessageFormatError,
+    PolicyViolationError,
+)
+
+# Kafka's rule for topic names. Some brokers (the embedded one) take any name, so a
+# name Kafka would refuse is refused here, before it is sent anywhere.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether sending the record again can only fail the same way."""
+    return isinstance(exc, REFUSED_FOR_GOOD) and not exc.retriable
+
+
+def check_topic_name(topic: str) -> None:
+    """Raise ``InvalidTopicError`` for a name Kafka does not allow."""
+    if topic in (".", "..") or not _TOPIC_NAME.fullmatch(topic):
+        raise InvalidTopicError(f"not a valid topic name: {topic!r}")
+
+
+def is_valid_topic_name(topic: str) -> bool:
+    try:
+        check_topic_name(topic)
+    except InvalidTopicError:
+        return False
+    return True
 
 
 def _retire_on_lost_connection(producer: AIOKafkaProducer) -> None:
@@ -434,16 +494,30 @@ def consume_batches(
     metrics: ServiceMetrics,
     name: str,
     within_s: float | None = None,
+    store_answers: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Run ``handler`` over batches from ``topic``, retrying a batch until it is stored."""
+    """Run ``handler`` over batches from ``topic``, retrying a batch until it is stored or
+    its poison records are dead-lettered (see ``Handling``). ``store_answers``: whether the
+    service's database answers now (a failure while it does not is an outage)."""
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
     within = settings.batch_within_s if within_s is None else within_s
+    dead_letters = DeadLetters(settings, metrics, name)
+    handling = Handling(
+        handler,
+        name,
+        dead_letters,
+        settings.attempts_before_dead_letter,
+        store_answers or _answers,
+    )
 
     async def agent(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=within):
-            batch = [_raw_event(event) for event in events]
-            with metrics.handle_seconds.time():
-                await _until_stored(handler, batch, name)
+        try:
+            async for events in stream.take_events(settings.batch_size, within=within):
+                batch = [_raw_event(event) for event in events]
+                with metrics.handle_seconds.time():
+                    await handling.until_stored(batch)
+        finally:
+            await dead_letters.close()
 
     app.agent(source, name=name, concurrency=1)(agent)
 
@@ -462,23 +536,213 @@ def _raw_event(event: Any) -> RawEvent:
     )
 
 
-async def _until_stored(handler: BatchHandler, batch: Sequence[RawEvent], name: str) -> None:
-    """Retry with capped backoff: a batch is acknowledged only once its effect is stored.
+async def _answers() -> bool:
+    return True
+
+
+# Failures that say something the handler needs is unreachable or slow (the store, the
+# broker, the network), not that the record is bad: retried for as long as they last.
+OUTAGES: tuple[type[BaseException], ...] = (PyMongoError, KafkaError, OSError, TimeoutError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from or while handling, is an outage."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OUTAGES):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# Records the handler running in this context refused as undecodable, with the reason:
+# dead-lettered once the rest of their batch is stored.
+_refused: ContextVar[list[tuple[RawEvent, str]] | None] = ContextVar("refused", default=None)
+
+
+def refuse(raw: RawEvent, reason: str) -> None:
+    """Have a record the handler cannot use (not a valid event) dead-lettered, if it runs
+    under ``Handling``; its batch is then acknowledged without it."""
+    refused = _refused.get()
+    if refused is not None:
+        refused.append((raw, reason))
+
+
+@dataclass
+class Handling:
+    """How a consumer has a batch stored. The batch is retried with capped backoff;
+    a failure that is an outage (``is_outage``) is retried for as long as it lasts.
+
+    Once the batch failed ``attempts`` times for another reason, its records are tried
+    one at a time, in order, each the same way. Those that fail alone ``attempts`` times
+    are poison if the others are not: some record of the batch was handled, or it is the
+    batch's only record, and the store answers. Poison goes to the dead-letter topic
+    (acknowledged by the broker) and the partition moves on. When no record of the batch
+    can be handled alone (``attempts`` in a row fail and none succeeded), the fault is
+    the service's, not the records' (a store away, a handler that fails on everything):
+    the batch is retried as a whole, and nothing is dead-lettered.
 
     One edge remains: Faust acks a ``take_events`` batch in a ``finally``, so if the app's
     stop times out while a batch is still failing here, that batch may be acked unstored.
     """
-    delay = 0.1
-    while True:
+
+    handler: BatchHandler
+    name: str
+    dead_letters: DeadLetters
+    attempts: int = 5
+    store_answers: Callable[[], Awaitable[bool]] = field(default=_answers)
+
+    async def until_stored(self, batch: Sequence[RawEvent]) -> None:
+        while await self._tried(batch) is not None:
+            log.warning("batch keeps failing: trying its records one by one", consumer=self.name)
+            if await self._poison_isolated(batch):
+                return
+            log.warning("no record of the batch can be handled: retrying it", consumer=self.name)
+            await asyncio.sleep(1.0)
+
+    async def _poison_isolated(self, batch: Sequence[RawEvent]) -> bool:
+        """Try each record alone; dead-letter those that fail while others do not. False
+        (nothing dead-lettered) when the failures look like the service's own."""
+        poison: list[tuple[RawEvent, Exception]] = []
+        handled = False
+        for raw in batch:
+            failure = await self._tried([raw])
+            if failure is None:
+                handled = True
+            else:
+                poison.append((raw, failure))
+                if not handled and len(poison) >= self.attempts:
+                    return False
+        if poison and not handled and len(batch) > 1:
+            return False
+        if poison and not await self.store_answers():
+            return False  # the store is away: not the records' fault
+        for raw, failure in poison:
+            await self._dead_letter(raw, failure)
+        return True
+
+    async def _tried(self, records: Sequence[RawEvent]) -> Exception | None:
+        """Handle ``records`` until they are stored (None), or until they failed
+        ``attempts`` times for a reason other than an outage (the last such failure)."""
+        delay, failures = 0.1, 0
+        while True:
+            refused: list[tuple[RawEvent, str]] = []
+            token = _refused.set(refused)
+            try:
+                await self.handler(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_outage(exc):
+                    failures += 1
+                    if failures >= self.attempts:
+                        return exc
+                log.exception(
+                    "batch failed, retrying", consumer=self.name, size=len(records), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            finally:
+                _refused.reset(token)
+            for raw, reason in refused:
+                await self.dead_letters.until_sent(raw, reason, "UndecodableEvent")
+            return None
+
+    async def _dead_letter(self, raw: RawEvent, failure: Exception) -> None:
+        reason = f"{type(failure).__name__}: {failure}"
+        await self.dead_letters.until_sent(raw, reason, type(failure).__name__)
+
+
+# Headers a dead-lettered record carries besides its own.
+DEAD_REASON = "switchboard-dead-reason"
+DEAD_TOPIC = "switchboard-dead-topic"
+DEAD_PARTITION = "switchboard-dead-partition"
+DEAD_OFFSET = "switchboard-dead-offset"
+DEAD_CONSUMER = "switchboard-dead-consumer"
+DEAD_AT = "switchboard-dead-at"
+_DEAD_ACK_WAIT_S = 30.0  # aiokafka's sends can wait for ever (aio-libs/aiokafka#1101)
+
+
+class DeadLetters:
+    """Where a consumer moves the records it cannot handle: the dead-letter topic, each as
+    it was consumed (key, value, headers), with ``switchboard-dead-*`` headers saying
+    which topic, partition and offset it came from, which consumer gave up, when, why.
+    Its producer is made at the first dead letter: most consumers never need one."""
+
+    def __init__(self, settings: KafkaSettings, metrics: ServiceMetrics, consumer: str) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer = consumer
+        self.topic = settings.topics.consumed_dead
+        self._producer: AIOKafkaProducer | None = None
+
+    async def until_sent(self, raw: RawEvent, reason: str, kind: str) -> None:
+        """Send ``raw`` to the dead-letter topic, retrying until the broker acknowledged it:
+        its offset may not be committed before."""
+        delay = 0.1
+        while True:
+            try:
+                await self.send(raw, reason)
+                break
+            except (KafkaError, OSError, TimeoutError) as exc:
+                # Refused for good too (a topic or ACL missing): the partition waits, and
+                # its lag shows, until an operator fixes it; the record is never skipped.
+                level = log.error if refused_for_good(exc) else log.warning
+                level("dead letter not sent, retrying", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.metrics.dead_letters.labels(source=raw.topic, reason=kind).inc()
+        log.error(
+            "record dead-lettered",
+            consumer=self.consumer,
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            dead_topic=self.topic,
+            reason=reason[:500],
+        )
+
+    async def send(self, raw: RawEvent, reason: str) -> None:
+        headers = [
+            *raw.headers,
+            (DEAD_REASON, reason[:1000].encode()),
+            (DEAD_TOPIC, raw.topic.encode()),
+            (DEAD_PARTITION, str(raw.partition).encode()),
+            (DEAD_OFFSET, str(raw.offset).encode()),
+            (DEAD_CONSUMER, self.consumer.encode()),
+            (DEAD_AT, utcnow().isoformat().encode()),
+        ]
+        producer = await self._connected()
         try:
-            await handler(batch)
-            return
-        except asyncio.CancelledError:
+            delivery = await producer.send(
+                self.topic, raw.value, key=raw.key or None, headers=headers
+            )
+            await asyncio.wait_for(delivery, _DEAD_ACK_WAIT_S)
+        except BaseException:
+            await self.close()  # it may be retired (a lost connection): make a new one
             raise
-        except Exception:
-            log.exception("batch failed, retrying", consumer=name, size=len(batch), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+    async def _connected(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            # As the relay does: a broker that lost its topics gets them back first.
+            await ensure_topics(self.settings, [self.topic])
+            producer = create_producer(self.settings)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5.0)
 
 
 def decoded(
@@ -497,8 +761,9 @@ def decoded(
 def decode_batch(
     batch: Sequence[RawEvent], data_model: type[DataT], metrics: ServiceMetrics
 ) -> list[CloudEvent[DataT]]:
-    """The batch's events; a record that is not a valid event is logged, counted and skipped
-    (retrying cannot make it valid, and it must not hold up the partition)."""
+    """The batch's events; a record that is not a valid event is logged, counted, skipped
+    and dead-lettered (retrying cannot make it valid, and it must not hold up the
+    partition)."""
     events = []
     for raw in batch:
         try:
@@ -512,6 +777,7 @@ def decode_batch(
                 offset=raw.offset,
                 error=str(exc)[:500],
             )
+            refuse(raw, f"UndecodableEvent: {exc}")
             continue
         events.append(event)
     for event_type, count in collections.Counter(event.type for event in events).items():

@@ -23,7 +23,10 @@ class ServiceMetrics:
     events_failed: Counter
     handle_seconds: Histogram
     outbox_backlog: Gauge
+    outbox_oldest_pending_seconds: Gauge
+    dead_letters: Counter
     consumer_lag: Gauge
+    partitions_assigned: Gauge
     publish_lag_seconds: Histogram
     http_requests: Counter
     http_seconds: Histogram
@@ -53,10 +56,27 @@ def service_metrics(service: str) -> ServiceMetrics:
             "Events stored but not yet published (at most one relay batch), by outbox",
             ["outbox"],
         ),
+        outbox_oldest_pending_seconds=Gauge(
+            f"{prefix}_outbox_oldest_pending_seconds",
+            "Age of the oldest event the relay holds unpublished (0: none pending), by outbox",
+            ["outbox"],
+        ),
+        dead_letters=Counter(
+            f"{prefix}_dead_letters",
+            "Outbox entries the broker refused for good, and consumed records that could not "
+            "be handled, moved aside; source: the outbox collection or the consumed topic",
+            ["source", "reason"],
+        ),
         consumer_lag=Gauge(
             f"{prefix}_consumer_lag",
             "Records on a partition this process consumes past what it committed as handled",
             ["topic", "partition"],
+        ),
+        partitions_assigned=Gauge(
+            f"{prefix}_partitions_assigned",
+            "Partitions of each consumed topic this process holds now: 0 until it joined "
+            "its consumer group, and for good on a replica beyond the partition count",
+            ["topic"],
         ),
         http_requests=Counter(
             f"{prefix}_http_requests",

@@ -11,6 +11,12 @@ restarts, or a cluster restored from an old backup). The relay notices when offs
 backwards, on a send or on a probe while idle, or is told (the service's consumers found
 themselves past a partition's end), and publishes its recent window again; consumers
 dedupe by event id, so the repeats change nothing downstream.
+
+An entry the broker refuses for good (too large for it, a topic it will never take) would
+hold up every entry after it for ever: it is moved aside instead, into
+``<collection>_dead``, announced on the outbox dead-letter topic (where it was going and
+why, not the entry itself, which would be refused again), and counts as published, so
+that the relay goes on with the rest. Anything else that fails a send is retried.
 """
 
 from __future__ import annotations
@@ -35,9 +41,16 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from shared.events import CloudEvent, encode, utcnow
+from shared.events import CloudEvent, Model, derived_event_id, encode, utcnow
 from shared.grouping import GroupWriter
-from shared.kafka import create_producer, end_offsets, ensure_topics
+from shared.kafka import (
+    check_topic_name,
+    create_producer,
+    end_offsets,
+    ensure_topics,
+    is_valid_topic_name,
+    refused_for_good,
+)
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
 from shared.mongo import Document, as_utc, epoch_ms, insert_refusing_duplicates
@@ -46,6 +59,22 @@ from shared.settings import KafkaSettings
 log = get_logger(__name__)
 
 OutboxEntry = tuple[str, str, CloudEvent[Any]]  # topic, Kafka key, event
+
+OUTBOX_DEAD = "io.switchboard.outbox.dead.v1"
+
+
+class DeadEntry(Model):
+    """An outbox entry the broker refused for good, moved aside: what it was and why it
+    was refused, not its content (kept in the outbox's ``<collection>_dead``)."""
+
+    outbox: str  # the collection it was stored in
+    event_id: str
+    event_type: str | None = None
+    topic: str
+    key: str
+    size: int  # bytes of its key, value and headers
+    reason: str
+    dead_at: datetime
 
 
 @dataclass
@@ -106,6 +135,7 @@ class Outbox:
         self.collection = db[collection]
         self.writers = db[f"{collection}_writers"]
         self.marks = db[f"{collection}_marks"]
+        self.dead = db[f"{collection}_dead"]  # entries the broker refused for good
         self.writer = str(ObjectId())  # this process, as a writer of this outbox
         # Another writer's entries are left to it while younger than this: it is likely
         # alive and publishing them. Older ones are its leftovers, published by any relay.
@@ -366,8 +396,11 @@ class Outbox:
             writer = await self.writers.find_one({"_id": writer["_id"]}) or writer
 
     async def published_at(self, entry: Document) -> datetime | None:
-        """When an entry was first published; None while it is pending, or once the marks
-        that say when have been dropped (``marks_kept_s`` after it)."""
+        """When an entry was first published; None while it is pending, once the marks
+        that say when have been dropped (``marks_kept_s`` after it), or if it was moved
+        aside, refused for good (never published, though its watermark moved past it)."""
+        if await self.dead.find_one({"_id": entry["_id"]}, {"_id": 1}) is not None:
+            return None
         if "writer" not in entry:
             published: datetime | None = entry.get("published_at")
             return published if entry.get("pending") is False else None
@@ -412,7 +445,26 @@ class Outbox:
         returns how many. Pending ones go too: an erased person's events stay unsent."""
         self.fresh = [entry for entry in self.fresh if entry["key_text"] != key]
         deleted = await self.collection.delete_many({"key_text": key})
+        await self.dead.delete_many({"entry.key_text": key})
         return deleted.deleted_count
+
+    async def move_aside(self, entry: Document, reason: str) -> bool:
+        """Keep an entry the broker refused for good in ``<collection>_dead``, with the
+        reason and the time, before its watermark moves past it. Returns whether it is
+        still to be announced: False when it was moved aside and announced before (sent
+        again since, in a replay say)."""
+        now = utcnow()
+        dead = {"_id": entry["_id"], "entry": entry, "reason": reason, "dead_at": now}
+        try:
+            await self.dead.insert_one({**dead, "dead_ms": epoch_ms(now), "announced": False})
+        except DuplicateKeyError:
+            known = await self.dead.find_one({"_id": entry["_id"]})
+            return known is None or not known.get("announced")
+        return True
+
+    async def announced(self, event_id: str) -> None:
+        """Record that an entry moved aside is on the dead-letter topic."""
+        await self.dead.update_one({"_id": event_id}, {"$set": {"announced": True}})
 
     async def stored_among(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these events the outbox holds (whatever became of them since)."""
@@ -434,6 +486,41 @@ def awaiting_in(coro: Any) -> list[str]:
         where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
         coro = coro.cr_await
     return where
+
+
+def refusal_reason(refusal: KafkaError) -> str:
+    """The class of a refusal and what it says (aiokafka's ``str`` repeats the class)."""
+    detail = "; ".join(map(str, refusal.args)) or getattr(refusal, "description", "")
+    return f"{type(refusal).__name__}: {detail}" if detail else type(refusal).__name__
+
+
+async def await_delivery(delivery: asyncio.Future[RecordMetadata]) -> RecordMetadata:
+    metadata: RecordMetadata = await delivery
+    return metadata
+
+
+def dead_entry(entry: Document, outbox: str, reason: str, service: str) -> CloudEvent[DeadEntry]:
+    """The dead-letter event of an entry moved aside: what it was, never its value."""
+    headers = entry_headers(entry)
+    key, value = entry_key(entry), entry_value(entry)
+    ce_type = dict(headers).get("ce_type")
+    data = DeadEntry(
+        outbox=outbox,
+        event_id=str(entry["_id"]),
+        event_type=ce_type.decode(errors="replace") if ce_type is not None else None,
+        topic=str(entry["topic"]),
+        key=key.decode(errors="replace"),
+        size=len(key) + len(value) + sum(len(name) + len(raw) for name, raw in headers),
+        reason=reason[:1000],
+        dead_at=utcnow(),
+    )
+    return CloudEvent[DeadEntry](
+        id=derived_event_id(str(entry["_id"]), OUTBOX_DEAD),
+        source=f"/switchboard/{service}",
+        type=OUTBOX_DEAD,
+        subject=str(entry["_id"]),
+        data=data,
+    )
 
 
 def joined(batches: Sequence[Batch]) -> Batch:
@@ -560,7 +647,8 @@ class BrokerMemory:
 
 class OutboxRelay:
     """Publishes pending outbox entries in stored order, then moves the watermarks on;
-    when the broker has lost data, publishes the last ``replay_window_s`` again."""
+    when the broker has lost data, publishes the last ``replay_window_s`` again. An entry
+    the broker refuses for good is moved aside (see ``_move_aside``)."""
 
     def __init__(
         self,
@@ -575,8 +663,10 @@ class OutboxRelay:
         tidy_every_s: float = 60.0,
         mark_every_s: float = 0.2,
         acks_wait_s: float = 30.0,
+        service: str = "switchboard",
     ) -> None:
         self.outbox = outbox
+        self.service = service
         self.settings = settings
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
@@ -588,6 +678,12 @@ class OutboxRelay:
         self.memory = BrokerMemory()
         self.on_broker_lost = on_broker_lost
         self.backlog = metrics.outbox_backlog.labels(outbox=outbox.collection.name)
+        # When the oldest entry the relay holds unpublished was stored (None: it found
+        # none pending): its age, read at each scrape, grows while the relay is stuck.
+        self._oldest_unsent: datetime | None = None
+        metrics.outbox_oldest_pending_seconds.labels(outbox=outbox.collection.name).set_function(
+            self.oldest_pending_s
+        )
         self._producer: AIOKafkaProducer | None = None
         self._last_probe = 0.0
         # A replay owed: why, and whether this relay saw the loss (then the service's
@@ -669,42 +765,133 @@ class OutboxRelay:
         # The backlog as the relay sees it: exact below a full batch, a lower bound at one.
         # (Counting every pending entry is a scan on the embedded store: too dear per batch.)
         self.backlog.set(len(entries) + len(self.outbox.fresh))
+        self._hold_unsent(entries)
         if not entries:
             return 0
         if self._producer is None:
             # First connection, or again after a failure or a lost connection: the broker
             # may have lost its topics (a restart of an in-memory broker). Create them all
             # before anything is sent (see ``kafka.create_producer``), those this service
-            # consumes too: their commits are refused until they exist.
+            # consumes too: their commits are refused until they exist. (A name Kafka
+            # does not allow is not created: its entries are moved aside.)
             topics = {entry["topic"] for entry in entries} | set(self.settings.topics.all())
-            await ensure_topics(self.settings, topics)
+            await ensure_topics(self.settings, sorted(filter(is_valid_topic_name, topics)))
         producer = await self._connected_producer()
         sent = await asyncio.wait_for(self._send(producer, entries), self.acks_wait_s)
         await self._mark_soon(batch)
-        if self.memory.acknowledged(sent):
+        if self.memory.acknowledged([md for _, md in sent]):
             self._owe_replay("offsets went backwards on a send", seen_here=True)
         now = utcnow()
-        for topic, count in collections.Counter(entry["topic"] for entry in entries).items():
+        published = [entry for entry, _ in sent]
+        for topic, count in collections.Counter(entry["topic"] for entry in published).items():
             self.metrics.events_out.labels(topic=topic).inc(count)
-        for entry in entries:
+        for entry in published:
             if isinstance(entry.get("stored_at"), datetime):
                 self.metrics.publish_lag_seconds.observe((now - entry["stored_at"]).total_seconds())
         return len(entries)
 
-    @staticmethod
+    def oldest_pending_s(self) -> float:
+        """Seconds since the oldest entry the relay holds unpublished was stored; 0 when
+        it found none pending at its last look."""
+        if self._oldest_unsent is None:
+            return 0.0
+        return max(0.0, (utcnow() - self._oldest_unsent).total_seconds())
+
+    def _hold_unsent(self, entries: Sequence[Document]) -> None:
+        """Note when the oldest of the entries about to be sent was stored (the same batch
+        taken again after a failure keeps it)."""
+        stored = (e["stored_at"] for e in entries if isinstance(e.get("stored_at"), datetime))
+        self._oldest_unsent = min(map(as_utc, stored), default=None)
+
     async def _send(
-        producer: AIOKafkaProducer, entries: Sequence[Document]
-    ) -> list[RecordMetadata]:
-        deliveries = [
-            await producer.send(
+        self, producer: AIOKafkaProducer, entries: Sequence[Document]
+    ) -> list[tuple[Document, RecordMetadata]]:
+        """Send the entries, in order, and wait for the broker; the entries published and
+        what the broker gave each. One refused for good is sent again alone (a broker
+        refuses a whole batch of records for one of them), and moved aside if it is
+        refused again; any other failure fails the whole send, to be retried."""
+        outcomes = await asyncio.gather(
+            *[await self._delivery(producer, entry) for entry in entries], return_exceptions=True
+        )
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if retried := next((exc for exc in failed if not refused_for_good(exc)), None):
+            raise retried
+        sent = [
+            (entry, md)
+            for entry, md in zip(entries, outcomes, strict=True)
+            if not isinstance(md, BaseException)
+        ]
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                sent += await self._send_alone(producer, entry)
+        return sent
+
+    async def _send_alone(
+        self, producer: AIOKafkaProducer, entry: Document
+    ) -> list[tuple[Document, RecordMetadata]]:
+        try:
+            return [(entry, await await_delivery(await self._delivery(producer, entry)))]
+        except KafkaError as exc:
+            if not refused_for_good(exc):
+                raise
+            await self._move_aside(producer, entry, exc)
+            return []
+
+    @staticmethod
+    async def _delivery(
+        producer: AIOKafkaProducer, entry: Document
+    ) -> asyncio.Future[RecordMetadata]:
+        """The send of one entry under way; a refusal before sending (too large, a topic
+        name Kafka does not allow) as a failed delivery, as the broker's would be."""
+        try:
+            check_topic_name(entry["topic"])
+            delivery: asyncio.Future[RecordMetadata] = await producer.send(
                 entry["topic"],
                 value=entry_value(entry),
                 key=entry_key(entry),
                 headers=entry_headers(entry),
             )
-            for entry in entries
-        ]
-        return list(await asyncio.gather(*deliveries))
+        except KafkaError as exc:
+            if not refused_for_good(exc):
+                raise
+            delivery = asyncio.get_running_loop().create_future()
+            delivery.set_exception(exc)
+        return delivery
+
+    async def _move_aside(
+        self, producer: AIOKafkaProducer, entry: Document, refusal: KafkaError
+    ) -> None:
+        """Take an entry the broker refused for good out of the way: kept in the outbox's
+        ``_dead`` collection, announced on the dead-letter topic (acknowledged), counted
+        and logged, all before its watermark moves past it (its batch is marked after)."""
+        reason = refusal_reason(refusal)
+        if not await self.outbox.move_aside(entry, reason):
+            return  # moved aside and announced before
+        dead = dead_entry(entry, self.outbox.collection.name, reason, self.service)
+        record = encode(dead, entry_key(entry).decode(errors="replace"))
+        topic = self.settings.topics.outbox_dead
+        try:
+            delivery = await producer.send(
+                topic, record.value, key=record.key, headers=record.headers
+            )
+            await delivery
+        except KafkaError as exc:
+            if not refused_for_good(exc):
+                raise  # announced at the retry: the entry is kept, not yet announced
+            log.error("outbox dead letter refused too", topic=topic, error=repr(exc))
+        await self.outbox.announced(entry["_id"])
+        self.metrics.dead_letters.labels(
+            source=self.outbox.collection.name, reason=type(refusal).__name__
+        ).inc()
+        log.error(
+            "outbox entry refused for good: moved aside",
+            outbox=self.outbox.collection.name,
+            event_id=entry["_id"],
+            topic=entry["topic"],
+            size=dead.data.size,
+            reason=reason[:500],
+            dead_topic=topic,
+        )
 
     async def _tidy_when_due(self) -> None:
         if time.monotonic() - self._last_tidy >= self.tidy_every_s:

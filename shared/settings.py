@@ -47,6 +47,9 @@ class KafkaSettings(BaseSettings):
     # costs it CPU: 50 ms was cheaper than 20 with no slower answers end to end. Kafka
     # answers as soon as records arrive (500 ms is its default, and the manifests').
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    # The largest record the brokers take (their topics' max.message.bytes, Kafka's
+    # default); a producer refuses bigger ones, so input that would make one is refused.
+    max_message_bytes: int = Field(default=1_048_576, ge=4_096)
     # How to authenticate to the brokers (Strimzi's TLS + SCRAM listener: SASL_SSL,
     # SCRAM-SHA-512, the KafkaUser's name and password, the cluster CA certificate).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -54,6 +57,9 @@ class KafkaSettings(BaseSettings):
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
     ssl_cafile: Path | None = None  # PEM; unset: the system's trusted CAs
+    # How often a consumed batch, then each of its records alone, may fail for a reason that
+    # is not an outage before the record that fails is moved to the dead-letter topic.
+    attempts_before_dead_letter: int = Field(default=5, ge=1)
 
     @property
     def topics(self) -> Topics:

@@ -15,6 +15,8 @@ ESCALATIONS = "switchboard.escalations.v1"
 DELIVERIES_DEAD = "switchboard.deliveries.dead.v1"
 DELIVERIES = "switchboard.deliveries.v1"
 ACCESS_KEYS = "switchboard.access-keys.v1"
+OUTBOX_DEAD = "switchboard.outbox.dead.v1"
+CONSUMED_DEAD = "switchboard.consumed.dead.v1"
 
 ALL = (
     INTERACTIONS_SUBMITTED,
@@ -26,6 +28,8 @@ ALL = (
     DELIVERIES_DEAD,
     DELIVERIES,
     ACCESS_KEYS,
+    OUTBOX_DEAD,
+    CONSUMED_DEAD,
 )
 
 # Topics where only the latest record per key matters.
@@ -81,6 +85,19 @@ class Topics:
         """Every API key issued or revoked, keyed by key id: each service keeps a replica
         (compacted: the latest record per key is all a new replica needs)."""
         return self.name(ACCESS_KEYS)
+
+    @property
+    def outbox_dead(self) -> str:
+        """Outbox entries the broker refused for good (too large, say), moved aside: where
+        each was going and why, keyed as the entry was; the entry itself stays in the
+        service's ``<outbox>_dead`` collection."""
+        return self.name(OUTBOX_DEAD)
+
+    @property
+    def consumed_dead(self) -> str:
+        """Records a consumer could not handle, however often it tried: each as it was
+        consumed, with ``switchboard-dead-*`` headers saying where from and why."""
+        return self.name(CONSUMED_DEAD)
 
     def is_compacted(self, name: str) -> bool:
         return name.removeprefix(self.prefix) in COMPACTED

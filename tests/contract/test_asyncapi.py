@@ -8,8 +8,9 @@ from pathlib import Path
 from jsonschema import Draft7Validator
 
 from shared import events, topics
-from shared.asyncapi import document, render
+from shared.asyncapi import CONSUMED_DEAD, document, render
 from shared.events import AssignmentStatus
+from shared.outbox import OUTBOX_DEAD
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "docs" / "asyncapi.json"
@@ -32,6 +33,9 @@ def test_the_document_is_valid_asyncapi_3() -> None:
 # The one event type no Switchboard service produces: publishers that speak Kafka put it
 # on the submitted topic, and ingest consumes it.
 SUBMITTED = "io.switchboard.interaction.submitted.v1"
+# The dead letters: the outbox's, typed where the relay makes them; a consumer's, the
+# records as they were consumed, named in the document only.
+DEAD_LETTERS = {OUTBOX_DEAD, CONSUMED_DEAD}
 
 
 def produced_event_types() -> set[str]:
@@ -59,7 +63,7 @@ def test_every_topic_and_event_type_is_in_the_document() -> None:
     on_assignments = {messages[key]["name"] for key in assignments["messages"]}
 
     assert sorted(addresses) == sorted(topics.ALL)
-    assert names == produced_event_types() | {SUBMITTED}
+    assert names == produced_event_types() | {SUBMITTED} | DEAD_LETTERS
     assert on_assignments == {
         f"io.switchboard.assignment.{status.value}.v1" for status in AssignmentStatus
     }

@@ -16,7 +16,9 @@ T = topics.Topics()
 
 # What each service consumes (runtime.consume in services/*/main.py and shared/app.py)
 # and produces (its outbox: services/*/service.py, shared/access.py).
+# Every service's relay and consumers may put dead letters on the two dead-letter topics.
 EVERY_SERVICE = {T.access_keys}
+DEAD_LETTERS = {T.outbox_dead, T.consumed_dead}
 CONSUMES = {
     "ingest": {T.submitted, T.enriched, T.assignments, T.deliveries} | EVERY_SERVICE,
     "enrich": {T.received} | EVERY_SERVICE,
@@ -24,10 +26,10 @@ CONSUMES = {
     "notify": {T.assignments, T.escalations} | EVERY_SERVICE,
 }
 PRODUCES = {
-    "ingest": {T.received, T.rejected} | EVERY_SERVICE,
-    "enrich": {T.enriched} | EVERY_SERVICE,
-    "router": {T.assignments, T.escalations} | EVERY_SERVICE,
-    "notify": {T.deliveries, T.deliveries_dead} | EVERY_SERVICE,
+    "ingest": {T.received, T.rejected} | EVERY_SERVICE | DEAD_LETTERS,
+    "enrich": {T.enriched} | EVERY_SERVICE | DEAD_LETTERS,
+    "router": {T.assignments, T.escalations} | EVERY_SERVICE | DEAD_LETTERS,
+    "notify": {T.deliveries, T.deliveries_dead} | EVERY_SERVICE | DEAD_LETTERS,
 }
 
 

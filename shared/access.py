@@ -48,16 +48,21 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.events import ACCESS_KEY_CHANGED, AccessKey, CloudEvent, Role, utcnow
-from shared.http import not_found
+from shared.http import field_problem, not_found
 from shared.mongo import Document
 from shared.outbox import Outbox
+from shared.text import Name
 from shared.topics import Topics
 
 KEY_PREFIX = "sbk"
 BOOTSTRAP_KEY_ID = "bootstrap"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-# Roles whose keys speak for someone, and so must name them.
+# Roles whose keys speak for someone, and so must name them; and where each is registered.
 SUBJECT_ROLES = frozenset({Role.AGENT, Role.PUBLISHER})
+REGISTRIES = {
+    Role.AGENT: "agents are registered at the router: POST /v1/agents",
+    Role.PUBLISHER: "publishers are registered at ingest: POST /v1/publishers",
+}
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,16 @@ class AccessKeys:
             if doc["role"] == role.value and await self.revoke(doc["_id"]) is not None:
                 revoked += 1
         return revoked
+
+    async def registered(self, role: Role, subject: str) -> bool:
+        """Whether an agent or publisher of this id was ever registered. Registering one
+        (the router's ``POST /v1/agents``, ingest's ``POST /v1/publishers``) issues its
+        first key, and every service holds every key's record: so each service can tell
+        a registered id without asking the one that keeps the registry."""
+        found = await self.collection.find_one(
+            {"role": role.value, "subject": subject}, projection={"_id": 1}
+        )
+        return found is not None
 
     async def get(self, key_id: str) -> AccessKey | None:
         doc = await self.collection.find_one({"_id": key_id})
@@ -344,8 +359,8 @@ def require_access_rules(app: FastAPI) -> None:
 
 class KeyIn(BaseModel):
     role: Role
-    name: str = Field(min_length=1, max_length=128)
-    subject: str | None = Field(
+    name: Name = Field(min_length=1, max_length=128)
+    subject: Name | None = Field(
         default=None,
         min_length=1,
         max_length=128,
@@ -393,7 +408,13 @@ keys_api = APIRouter(prefix="/v1/keys", tags=["access keys"])
 
 @keys_api.post("", status_code=status.HTTP_201_CREATED)
 async def issue_key(payload: KeyIn, keys: Keys, caller: AdminKey) -> dict[str, Any]:
-    """A new key; the key is in this answer only (its hash is what every service keeps)."""
+    """A new key; the key is in this answer only (its hash is what every service keeps).
+    An agent's or publisher's key names one registered already (422 otherwise); a
+    service learns of one registered elsewhere from the access-keys topic, within a
+    second or so."""
+    if payload.subject is not None and not await keys.registered(payload.role, payload.subject):
+        where = REGISTRIES[payload.role]
+        raise field_problem("subject", f"no {payload.role.value} has this id ({where})")
     record, key = await keys.issue(
         payload.role, payload.name, caller.key_id, payload.subject, payload.expires_at
     )

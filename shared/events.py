@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from shared.text import Name, Text
 from shared.tracing import valid_traceparent
 
 INTERACTION_RECEIVED = "io.switchboard.interaction.received.v1"
@@ -70,8 +71,8 @@ AttributeValue = str | int | float | bool | None
 
 
 class Author(Model):
-    handle: str = Field(min_length=1, max_length=256)
-    display_name: str | None = Field(default=None, max_length=256)
+    handle: Name = Field(min_length=1, max_length=256)
+    display_name: Name | None = Field(default=None, max_length=256)
     followers: int = Field(default=0, ge=0, le=10_000_000_000)
     verified: bool = False
     profile_url: HttpUrl | None = None
@@ -86,7 +87,7 @@ class Interaction(Model):
     source: str = Field(min_length=1, max_length=128)
     external_id: str = Field(min_length=1, max_length=256)
     author: Author
-    text: str = Field(max_length=20_000)
+    text: Text = Field(max_length=20_000)
     url: HttpUrl | None = None
     language: str | None = Field(default=None, max_length=16)
     thread_id: str | None = Field(default=None, max_length=256)

@@ -1,19 +1,23 @@
 """HTTP pieces every service shares: error bodies, health, body limits and serving.
 
-Bad input is answered with a 4xx whose body names each field and the reason;
+Bad input is answered with a 4xx whose body names each field and the reason: a 422 for
+invalid fields, a 400 naming the body and where it breaks for a body that is not JSON;
 anything unexpected is a bare 500 with no traceback in the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import get_logger
@@ -50,12 +54,61 @@ def not_found(field: str, what: str) -> HTTPException:
     return field_problem(field, f"no such {what}", status.HTTP_404_NOT_FOUND)
 
 
+def not_json(error: ValueError | RecursionError) -> dict[str, str]:
+    """A body that is not JSON as a field problem: the decoder's reason, and where."""
+    if isinstance(error, json.JSONDecodeError):
+        where = f"line {error.lineno}, column {error.colno} (character {error.pos})"
+        return {"field": "body", "reason": f"not valid JSON: {error.msg} at {where}"}
+    if isinstance(error, UnicodeDecodeError):
+        line = error.object.count(b"\n", 0, error.start) + 1
+        column = error.start - error.object.rfind(b"\n", 0, error.start)
+        where = f"line {line}, column {column} (byte {error.start})"
+        not_text = f"not valid {error.encoding.upper()} ({error.reason})"
+        return {"field": "body", "reason": f"not valid JSON: {not_text} at {where}"}
+    if isinstance(error, RecursionError):
+        return {"field": "body", "reason": "not valid JSON: nested too deeply to read"}
+    return {"field": "body", "reason": f"not valid JSON: {error}"}
+
+
+def parse_json(body: bytes) -> Any:
+    """The body's JSON; a 400 naming the body, where it breaks and why, if it is not JSON."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, [not_json(error)]) from error
+
+
+def _json_decode_error(exc: RequestValidationError) -> json.JSONDecodeError | None:
+    """The decoder's error behind FastAPI's report of a body that is not JSON, if that is
+    what failed (FastAPI keeps its reason, position and the text)."""
+    for error in exc.errors():
+        if error.get("type") == "json_invalid" and isinstance(exc.body, str):
+            reason = str(error.get("ctx", {}).get("error", "invalid"))
+            return json.JSONDecodeError(reason, exc.body, int(error["loc"][-1]))
+    return None
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    broken = _json_decode_error(exc)
+    if broken is not None:
+        return JSONResponse(
+            status_code=status.HTTP_400_BAD_REQUEST, content={"detail": [not_json(broken)]}
+        )
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         content={"detail": field_errors(exc.errors())},
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> Any:
+    """FastAPI answers a JSON body it cannot decode at all (not UTF-8, nested too deeply)
+    with a bare 400; say what is wrong with it, as for any other body that is not JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, (UnicodeDecodeError, RecursionError)):
+        return JSONResponse(status_code=400, content={"detail": [not_json(cause)]})
+    return await http_exception_handler(request, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -66,6 +119,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     document_field_errors(app)
 

@@ -10,12 +10,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.enrich.customers import (
+    CsvRows,
     CustomerFields,
     CustomerIn,
     IdentityIn,
-    csv_rows,
-    json_rows,
-    lines_of,
+    JsonLines,
+    RowParser,
+    parsed_rows,
 )
 from services.enrich.repository import MERGING, MERGING_SINCE, RECENT_POSTS, IdentityTaken
 from services.enrich.service import (
@@ -29,6 +30,7 @@ from services.enrich.service import (
 from shared.access import AdminOnly, AdminOrOperator
 from shared.events import Channel
 from shared.http import app_service, field_problem, not_found, public
+from shared.text import Name
 
 router = APIRouter(prefix="/v1")
 
@@ -79,7 +81,7 @@ async def search_customers(
     channel: Channel | None = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
     # No control characters: MongoDB refuses a pattern with a NUL in it.
-    name: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
+    name: Annotated[Name | None, Query(max_length=256)] = None,
     tier: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
@@ -102,12 +104,15 @@ async def search_customers(
 async def import_customers(request: Request, service: Service) -> Document:
     """CRM rows as JSON lines (``application/x-ndjson``) or CSV (``text/csv``, list cells
     separated by ``;``, identities as ``channel:handle``), upserted by ``crm_id``. The body
-    is read as a stream, so its size is bounded only by ``max_import_bytes``."""
+    is read as a stream, so its size is bounded only by ``max_import_bytes``. A line that
+    is not UTF-8, or a row that is not valid, is reported by its line number; the other
+    rows are imported."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    parser: RowParser
     if media_type in ("application/x-ndjson", "application/jsonl", "application/json-seq"):
-        parse = json_rows
+        parser = JsonLines()
     elif media_type in ("text/csv", "application/csv"):
-        parse = csv_rows
+        parser = CsvRows()
     else:
         raise field_problem(
             "content-type",
@@ -115,7 +120,7 @@ async def import_customers(request: Request, service: Service) -> Document:
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         )
     limit = request.app.state.max_import_bytes
-    report = await service.import_customers(parse(lines_of(bounded(request, limit))))
+    report = await service.import_customers(parsed_rows(bounded(request, limit), parser))
     return asdict(report)
 
 

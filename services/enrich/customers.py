@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from shared.events import Channel
 from shared.http import field_errors
 from shared.identity import normalise_identity
+from shared.text import Name
 
 PROSPECT = "prospect"
 DEFAULT_TIERS = ("platinum", "gold", "silver", "standard", PROSPECT)
@@ -45,7 +47,7 @@ class IdentityIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     channel: Channel
-    handle: str = Field(min_length=1, max_length=256)
+    handle: Name = Field(min_length=1, max_length=256)
 
     @property
     def normalised(self) -> str:
@@ -65,16 +67,16 @@ class CustomerFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=256)
+    name: Name | None = Field(default=None, min_length=1, max_length=256)
     tier: str | None = Field(default=None, min_length=1, max_length=32)
     value: float | None = Field(default=None, ge=0, le=1e12)
-    crm_id: str | None = Field(default=None, min_length=1, max_length=128)
+    crm_id: Name | None = Field(default=None, min_length=1, max_length=128)
     emails: list[Email] | None = Field(default=None, max_length=16)
     tags: list[Tag] | None = Field(default=None, max_length=32)
 
 
 class CustomerIn(CustomerFields):
-    name: str = Field(min_length=1, max_length=256)
+    name: Name = Field(min_length=1, max_length=256)
     tier: str = Field(default="standard", min_length=1, max_length=32)
     value: float = Field(default=0.0, ge=0, le=1e12)
     emails: list[Email] = Field(default_factory=list, max_length=16)
@@ -91,7 +93,7 @@ class CustomerIn(CustomerFields):
 class ImportRow(CustomerIn):
     """One CRM row: the CRM id is what an import upserts by."""
 
-    crm_id: str = Field(min_length=1, max_length=128)
+    crm_id: Name = Field(min_length=1, max_length=128)
 
 
 @dataclass(frozen=True)
@@ -145,53 +147,167 @@ def parse_csv_row(line: int, header: list[str], values: list[str]) -> ParsedRow:
         return line, _problem(line, error)
 
 
-async def lines_of(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str]]:
-    """Decoded lines of a streamed body with their numbers, holding one line at a time."""
-    pending = b""
-    number = 0
-    async for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            number += 1
-            yield number, decoded_line(number, raw)
-    if pending:
-        yield number + 1, decoded_line(number + 1, pending)
+def decoded_line(number: int, raw: bytes) -> str | RowProblem:
+    """The line as text, or why it is not UTF-8."""
+    try:
+        return line_text(number, raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        bad = raw[error.start]
+        return RowProblem(
+            number, f"not UTF-8: byte 0x{bad:02x} at byte {error.start} ({error.reason})"
+        )
 
 
-def decoded_line(number: int, raw: bytes) -> str:
-    """The line as text; the first loses the byte-order mark Excel's "CSV UTF-8" writes,
-    which would otherwise be part of the first column's name."""
-    text = raw.decode("utf-8", errors="replace").rstrip("\r")
+def line_text(number: int, text: str) -> str:
+    """Without a carriage return; the first line loses the byte-order mark Excel's "CSV
+    UTF-8" writes, which would otherwise be part of the first column's name."""
+    text = text.rstrip("\r")
     return text.removeprefix("\ufeff") if number == 1 else text
 
 
-async def json_rows(lines: AsyncIterable[tuple[int, str]]) -> AsyncIterator[ParsedRow]:
-    async for number, text in lines:
-        if text.strip():
-            yield parse_json_line(number, text)
+class RowParser(Protocol):
+    """Turns a body's lines into rows, fed a chunk's complete lines at a time."""
+
+    def feed(self, lines: list[bytes]) -> list[ParsedRow]: ...
+
+    def end(self) -> list[ParsedRow]: ...
 
 
-async def csv_rows(lines: AsyncIterable[tuple[int, str]]) -> AsyncIterator[ParsedRow]:
-    """Rows after the header; a quoted cell may span lines (an odd count of quotes so far)."""
-    header: list[str] | None = None
-    record, first = "", 0
-    async for number, text in lines:
-        record, first = (f"{record}\n{text}", first) if record else (text, number)
-        if record.count('"') % 2:
-            continue  # inside a quoted cell: the record goes on on the next line
-        try:
-            values = next(csv.reader([record]), [])
-        except csv.Error as error:  # a cell over the csv module's limit, say
-            yield first, RowProblem(first, f"unreadable CSV: {error}")
-            record = ""
-            continue
-        record = ""
+class JsonLines:
+    """One profile per line, as a JSON object; blank lines are skipped."""
+
+    def __init__(self) -> None:
+        self.lines_fed = 0
+
+    def feed(self, lines: list[bytes]) -> list[ParsedRow]:
+        rows: list[ParsedRow] = []
+        for number, raw in enumerate(lines, start=self.lines_fed + 1):
+            text = decoded_line(number, raw)
+            if isinstance(text, RowProblem):
+                rows.append((number, text))
+            elif text.strip():
+                rows.append(parse_json_line(number, text))
+        self.lines_fed += len(lines)
+        return rows
+
+    def end(self) -> list[ParsedRow]:
+        return []
+
+
+class _OutOfLines(Exception):
+    """The lines fed so far are spent, and more may come."""
+
+
+class _CsvSource:
+    """The lines of one pass of the csv reader, as text ending in a newline (so a quoted
+    cell keeps its line breaks). A line that is not UTF-8 is read with U+FFFD in place of
+    its bad bytes, so the quoting stays in step, and the record holding it is refused."""
+
+    def __init__(self, lines: list[tuple[int, bytes]], final: bool) -> None:
+        self.lines = lines
+        self.final = final
+        self.read = 0
+        self.exhausted = False  # the reader asked for a line past the last one
+        self.undecodable: dict[int, RowProblem] = {}
+
+    def __iter__(self) -> _CsvSource:
+        return self
+
+    def __next__(self) -> str:
+        if self.read == len(self.lines):
+            if self.final:
+                self.exhausted = True
+                raise StopIteration
+            raise _OutOfLines
+        number, raw = self.lines[self.read]
+        self.read += 1
+        text = decoded_line(number, raw)
+        if isinstance(text, RowProblem):
+            self.undecodable[number] = text
+            text = line_text(number, raw.decode("utf-8", errors="replace"))
+        return text + "\n"
+
+
+class CsvRows:
+    """CSV rows after the header, read by the standard library's csv module.
+
+    A record whose quoted cell goes on past the lines fed so far waits for the next
+    chunk, and its lines are read again then: the reader cannot resume a record it
+    broke off. Such a record is bounded by the csv module's field size limit.
+    """
+
+    def __init__(self) -> None:
+        self.header: list[str] | None = None
+        self.pending: list[tuple[int, bytes]] = []  # the lines of an unfinished record
+        self.lines_fed = 0
+
+    def feed(self, lines: list[bytes]) -> list[ParsedRow]:
+        numbered = list(enumerate(lines, start=self.lines_fed + 1))
+        self.lines_fed += len(lines)
+        return self.parse(self.pending + numbered, final=False)
+
+    def end(self) -> list[ParsedRow]:
+        return self.parse(self.pending, final=True)
+
+    def parse(self, lines: list[tuple[int, bytes]], final: bool) -> list[ParsedRow]:
+        source = _CsvSource(lines, final)
+        reader = csv.reader(source, strict=True)
+        rows: list[ParsedRow] = []
+        done = 0  # lines of the records read so far
+        while True:
+            try:
+                values = next(reader)
+            except (StopIteration, _OutOfLines):
+                break
+            except csv.Error as error:
+                first = lines[done][0]
+                unclosed = source.exhausted
+                reason = "a quoted cell is never closed" if unclosed else f"unreadable CSV: {error}"
+                rows.append((first, RowProblem(first, reason)))
+            else:
+                rows.extend(self.record(lines[done : reader.line_num], values, source))
+            done = reader.line_num
+        self.pending = lines[done:]
+        return rows
+
+    def record(
+        self, lines: list[tuple[int, bytes]], values: list[str], source: _CsvSource
+    ) -> list[ParsedRow]:
+        """The row one record makes, if any: the header is none, nor is a blank line."""
+        first = lines[0][0]
+        problems = [source.undecodable[n] for n, _ in lines if n in source.undecodable]
+        if problems:
+            if self.header is None:  # the column names are taken anyway, to go on
+                self.header = [column.strip().lower() for column in values]
+            return [(problems[0].line, problems[0])]
         if not any(value.strip() for value in values):
+            return []
+        if self.header is None:
+            self.header = [column.strip().lower() for column in values]
+            return []
+        return [parse_csv_row(first, self.header, values)]
+
+
+async def line_batches(chunks: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
+    """A streamed body's complete lines, without their newlines, a chunk's worth at a
+    time; the last line needs no newline. Holds at most one unfinished line."""
+    pending = bytearray()
+    async for chunk in chunks:
+        pending += chunk
+        if b"\n" not in chunk:
             continue
-        if header is None:
-            header = [column.strip().lower() for column in values]
-        else:
-            yield parse_csv_row(first, header, values)
-    if record:
-        yield first, RowProblem(first, "a quoted cell is never closed")
+        end = pending.rfind(b"\n")
+        yield bytes(pending[:end]).split(b"\n")
+        del pending[: end + 1]
+    if pending:
+        yield [bytes(pending)]
+
+
+async def parsed_rows(chunks: AsyncIterable[bytes], parser: RowParser) -> AsyncIterator[ParsedRow]:
+    """The rows of a streamed body, parsed in a worker thread a chunk at a time: a big
+    import neither holds up the event loop nor the whole body in memory."""
+    async for lines in line_batches(chunks):
+        for row in await asyncio.to_thread(parser.feed, lines):
+            yield row
+    for row in await asyncio.to_thread(parser.end):
+        yield row

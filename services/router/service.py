@@ -41,6 +41,7 @@ from shared.events import (
 from shared.logging import get_logger, handling
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox, OutboxEntry
+from shared.text import Name
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
@@ -144,7 +145,7 @@ class NotYours(Exception):
 class AgentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
+    name: Name = Field(min_length=1, max_length=128)
     skills: list[str] = Field(default_factory=list, max_length=64)
     capacity: int = Field(default=3, ge=1, le=100)
     presence: Presence = "offline"
@@ -153,7 +154,7 @@ class AgentIn(BaseModel):
 class AgentPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=128)
+    name: Name | None = Field(default=None, min_length=1, max_length=128)
     skills: list[str] | None = Field(default=None, max_length=64)
     capacity: int | None = Field(default=None, ge=1, le=100)
 

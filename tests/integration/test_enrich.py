@@ -562,6 +562,73 @@ async def test_a_csv_saved_with_a_byte_order_mark_imports(enrich: Enrich) -> Non
     assert (body["imported"], body["rejected"], body["problems"]) == (2, 0, [])
 
 
+async def test_a_stray_quote_in_an_unquoted_csv_cell_leaves_the_rows_after_it_whole(
+    enrich: Enrich,
+) -> None:
+    csv_text = (
+        'crm_id,name,tier\nc1,Ada,gold\nc2,Bob 5" screen,silver\nc3,Carol,gold\nc4,Dan,gold\n'
+    )
+
+    report = await import_body(enrich, csv_text.encode(), "text/csv")
+    [bob] = (
+        await enrich.http.get("/v1/customers", params={"name": "bob"}, headers=admin_headers())
+    ).json()["customers"]
+    [dan] = (
+        await enrich.http.get("/v1/customers", params={"name": "dan"}, headers=admin_headers())
+    ).json()["customers"]
+
+    assert report.status_code == 200, report.text
+    assert (report.json()["imported"], report.json()["problems"]) == (4, [])
+    assert (bob["name"], bob["tier"]) == ('Bob 5" screen', "silver")
+    assert dan["crm_id"] == "c4"
+
+
+@pytest.mark.parametrize(
+    ("media_type", "body"),
+    [
+        ("text/csv", b"crm_id,name\nc1,Ada\nc2,Bj\xf6rn\nc3,Grace\n"),
+        (
+            "application/x-ndjson",
+            b'{"crm_id": "c1", "name": "Ada"}\n{"crm_id": "c2", "name": "Bj\xf6rn"}\n'
+            b'{"crm_id": "c3", "name": "Grace"}\n',
+        ),
+    ],
+)
+async def test_an_import_line_that_is_not_utf8_is_a_problem_line_and_the_others_import(
+    enrich: Enrich, media_type: str, body: bytes
+) -> None:
+    report = await import_body(enrich, body, media_type)
+    replaced = await enrich.http.get(
+        "/v1/customers", params={"name": "\ufffd"}, headers=admin_headers()
+    )
+
+    assert report.status_code == 200, report.text
+    assert (report.json()["imported"], report.json()["rejected"]) == (2, 1)
+    [problem] = report.json()["problems"]
+    line = 3 if media_type == "text/csv" else 2
+    assert problem["line"] == line
+    assert "not UTF-8: byte 0xf6" in problem["reason"]
+    assert replaced.json()["customers"] == []
+
+
+async def test_a_csv_streamed_in_pieces_that_split_quoted_cells_imports_whole(
+    enrich: Enrich,
+) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'crm_id,name,tier,tags\nc0,Bob 5" screen,gold,\nc1,"Lovelace, '
+        yield b'Ada",gold,"first\nsec'
+        yield b'ond"\nc2,Grace,gold,x\n'
+
+    report = await import_body(enrich, pieces(), "text/csv")
+    [ada] = (
+        await enrich.http.get("/v1/customers", params={"name": "ada"}, headers=admin_headers())
+    ).json()["customers"]
+
+    assert report.status_code == 200, report.text
+    assert (report.json()["imported"], report.json()["problems"]) == (3, [])
+    assert (ada["name"], ada["tags"]) == ("Lovelace, Ada", ["first\nsecond"])
+
+
 async def test_an_import_updates_a_merged_customer_by_each_of_its_crm_ids(enrich: Enrich) -> None:
     ada = await create(enrich, name="Ada", tier="gold", crm_id="crm-1")
     old = await create(enrich, name="Ada L", tier="silver", crm_id="crm-2")

@@ -3,7 +3,6 @@ publishers and feeds; admins and operators follow an interaction's journey."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any
 
@@ -32,9 +31,10 @@ from shared.access import (
     forbidden,
     require_subject,
 )
-from shared.egress import EndpointRefused
+from shared.egress import EndpointRefused, without_userinfo
 from shared.events import Channel, Role
-from shared.http import app_service, field_problem, not_found, public
+from shared.http import app_service, field_problem, not_found, parse_json, public
+from shared.text import Name
 
 router = APIRouter(prefix="/v1")
 
@@ -121,7 +121,10 @@ INTERACTIONS_BODY = {
     openapi_extra=INTERACTIONS_BODY,
     responses={
         200: {"description": "A repeat (the original's id), or a batch's per-item outcomes"},
-        413: {"description": "Body over the size limit"},
+        413: {
+            "description": "Body over the size limit, or an interaction too large (its "
+            "attributes, or its event for the broker), naming the field"
+        },
         415: {"description": "Not JSON or CloudEvents JSON"},
         422: {"description": "Invalid fields, each named with the reason"},
         429: {"description": "Over the publisher's rate limit; see Retry-After"},
@@ -137,10 +140,7 @@ async def post_interactions(
     body = await read_body(request, settings.max_body_bytes)
     if body is None:
         return problem(413, "body", f"larger than {settings.max_body_bytes} bytes")
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError):
-        return problem(400, "body", "not valid JSON")
+    decoded = parse_json(body)
     try:
         unpacked = unpack(kind, decoded, settings.max_batch)
     except BadRequest as exc:
@@ -165,7 +165,8 @@ async def post_interactions(
 def single_answer(outcome: Outcome) -> JSONResponse:
     codes = {"accepted": 202, "duplicate": 200, "rejected": 422, "forbidden": 403}
     if outcome.errors:
-        return JSONResponse(status_code=codes[outcome.status], content={"detail": outcome.errors})
+        code = 413 if outcome.too_large else codes[outcome.status]
+        return JSONResponse(status_code=code, content={"detail": outcome.errors})
     return JSONResponse(
         status_code=codes[outcome.status], content={"id": outcome.id, "status": outcome.status}
     )
@@ -212,7 +213,7 @@ async def get_journey(interaction_id: str, service: Service) -> dict[str, Any]:
 
 
 class PublisherIn(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
+    name: Name = Field(min_length=1, max_length=128)
     channels: list[Channel] | None = Field(default=None, max_length=32)
     sources: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         default=None, max_length=64
@@ -259,14 +260,19 @@ async def create_feed(payload: FeedIn, service: Service, settings: Settings) -> 
     """An RSS or Atom feed to listen to: each new entry becomes an interaction. A host
     that resolves to a private or loopback address is refused (unless allow-listed)."""
     try:
-        return public(await service.create_feed(payload, settings.allow_hosts))
+        return feed_out(await service.create_feed(payload, settings.allow_hosts))
     except EndpointRefused as exc:
         raise field_problem("url", str(exc)) from exc
 
 
 @router.get("/feeds", dependencies=[AdminOnly])
 async def list_feeds(service: Service) -> list[dict[str, Any]]:
-    return [public(feed) for feed in await service.list_feeds()]
+    return [feed_out(feed) for feed in await service.list_feeds()]
+
+
+def feed_out(feed: dict[str, Any]) -> dict[str, Any]:
+    """A feed as shown: a URL stored with a user name or password shows neither."""
+    return public(feed) | {"url": without_userinfo(feed["url"])}
 
 
 @router.delete("/feeds/{feed_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[AdminOnly])

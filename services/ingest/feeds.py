@@ -3,8 +3,10 @@
 Entries are deduped like any publisher's posts, on (source, external_id) with the feed
 as the source and the entry's id as the external id, so a poll that sees old entries
 again stores nothing new. Polls are conditional (ETag, Last-Modified) and back off
-while a feed keeps failing. A feed's host is vetted like a webhook endpoint's
-(``shared.egress``): on registration, and before every request, redirects included.
+while a feed keeps failing. Each poll is bounded: its body's size, the time its whole
+download takes, and how many feeds are polled at once. A feed's host is vetted like a
+webhook endpoint's (``shared.egress``): on registration, and before every request,
+redirects included.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import html
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -29,6 +32,7 @@ from shared.egress import EndpointRefused, resolve_endpoint
 from shared.events import utcnow
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
+from shared.text import as_name
 
 log = get_logger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
@@ -69,8 +73,8 @@ def entry_to_interaction(feed: Document, parsed: Any, entry: Any) -> Interaction
             channel=feed["channel"],
             source=f"feed:{feed['_id']}",
             external_id=str(entry_id)[:256],
-            author={"handle": str(author)[:256]},
-            text=text[:20_000],
+            author={"handle": as_name(str(author))[:256]},
+            text=text.replace("\x00", "")[:20_000],
             url=entry_link(feed["url"], entry.get("link")),
             created_at=datetime.fromtimestamp(calendar.timegm(published), UTC)
             if published
@@ -81,8 +85,35 @@ def entry_to_interaction(feed: Document, parsed: Any, entry: Any) -> Interaction
         return None
 
 
+@dataclass(frozen=True)
+class FeedLimits:
+    """What one poll may take: bytes of body, seconds for the whole download (redirects
+    included), and how many feeds are polled at once."""
+
+    max_bytes: int = 5 * 1024 * 1024
+    timeout_s: float = 30.0
+    concurrency: int = 4
+
+
+class FeedTooLarge(Exception):
+    """The feed's body is over the size limit (declared, or as it was read)."""
+
+
+class FeedTooSlow(Exception):
+    """The feed's download took longer than the time limit."""
+
+
+@dataclass(frozen=True)
+class Download:
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+
 class FeedPoller:
-    """Polls due feeds, one claim at a time, so several ingest replicas share the work."""
+    """Polls due feeds, a few at a time, each claimed so several ingest replicas share the
+    work. A poll whose feed is deleted is cancelled: at once when deleted through this
+    process (``cancel``), within ``watch_s`` when deleted through another."""
 
     def __init__(
         self,
@@ -90,43 +121,108 @@ class FeedPoller:
         service: IngestService,
         allow_hosts: Collection[str] = (),
         tick_s: float = 1.0,
+        limits: FeedLimits = FeedLimits(),
+        watch_s: float = 1.0,
     ) -> None:
         self.repository = repository
         self.service = service
         self.allow_hosts = allow_hosts
         self.tick_s = tick_s
+        self.limits = limits
+        self.watch_s = watch_s
+        self.polls: dict[str, asyncio.Task[None]] = {}  # by feed id, those under way here
 
     async def run(self) -> None:
+        slots = asyncio.Semaphore(self.limits.concurrency)
         async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
-            while True:
-                feed = await self._claim()
-                if feed is None:
-                    await asyncio.sleep(self.tick_s)
-                    continue
-                try:
-                    await self.poll(client, feed)
-                except Exception as exc:  # the poller outlives any one feed; its claim expires
-                    log.error("feed poll crashed", feed_id=feed["_id"], error=repr(exc)[:300])
+            watcher = asyncio.create_task(self._cancel_polls_of_deleted_feeds())
+            try:
+                while True:
+                    await slots.acquire()
+                    feed = await self._claim()
+                    if feed is None:
+                        slots.release()
+                        await asyncio.sleep(self.tick_s)
+                        continue
+                    self._start_poll(client, feed, slots)
+            finally:
+                watcher.cancel()
+                await self._cancel_all()
+
+    def cancel(self, feed_id: str) -> None:
+        """Stop the poll of this feed under way here, if there is one."""
+        poll = self.polls.get(feed_id)
+        if poll is not None:
+            poll.cancel()
+
+    def _start_poll(
+        self, client: httpx.AsyncClient, feed: Document, slots: asyncio.Semaphore
+    ) -> None:
+        feed_id = str(feed["_id"])
+        poll = asyncio.create_task(self._poll_outliving_errors(client, feed))
+        self.polls[feed_id] = poll
+
+        def finished(_: asyncio.Task[None]) -> None:
+            slots.release()
+            if self.polls.get(feed_id) is poll:
+                del self.polls[feed_id]
+
+        poll.add_done_callback(finished)
+
+    async def _poll_outliving_errors(self, client: httpx.AsyncClient, feed: Document) -> None:
+        try:
+            await self.poll(client, feed)
+        except Exception as exc:  # the poller outlives any one feed; its claim expires
+            log.error("feed poll crashed", feed_id=feed["_id"], error=repr(exc)[:300])
+
+    async def _cancel_polls_of_deleted_feeds(self) -> None:
+        """Another replica's delete reaches this one's polls through the store."""
+        while True:
+            await asyncio.sleep(self.watch_s)
+            if not self.polls:
+                continue
+            try:
+                existing = await self.repository.existing_feed_ids(list(self.polls))
+            except Exception as exc:
+                log.warning("could not check the feeds being polled", error=repr(exc)[:300])
+                continue
+            for feed_id in set(self.polls) - existing:
+                self.cancel(feed_id)
+
+    async def _cancel_all(self) -> None:
+        polls = list(self.polls.values())
+        for poll in polls:
+            poll.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
 
     async def _claim(self) -> Document | None:
+        # The claim outlasts the longest poll, so no other poll of the feed starts meanwhile.
+        lease_s = max(60.0, self.limits.timeout_s + 30.0)
         with contextlib.suppress(Exception):
-            return await self.repository.claim_due_feed(utcnow())
+            return await self.repository.claim_due_feed(utcnow(), lease_s)
         log.warning("could not claim a feed")
         return None
 
     async def poll(self, client: httpx.AsyncClient, feed: Document) -> None:
         try:
-            response = await self.fetch(client, feed["url"], _conditional_headers(feed))
-            if response.status_code == 304:
+            download = await self.download(client, feed["url"], _conditional_headers(feed))
+            if download.status_code == 304:
                 await self._polled(feed, {})
                 return
-            response.raise_for_status()
-        except (httpx.HTTPError, httpx.InvalidURL, EndpointRefused, ValueError) as exc:
+        except (
+            httpx.HTTPError,
+            httpx.InvalidURL,
+            EndpointRefused,
+            ValueError,
+            FeedTooLarge,
+            FeedTooSlow,
+        ) as exc:
             # ValueError: an address that cannot be vetted (a redirect to port 99999, say)
             await self._failed(feed, repr(exc))
             return
-        parsed = feedparser.parse(response.content)
-        items = [i for e in parsed.entries if (i := entry_to_interaction(feed, parsed, e))]
+        # feedparser is pure Python and slow on big feeds: parsed in a thread, the event
+        # loop keeps answering meanwhile.
+        items = await asyncio.to_thread(feed_items, feed, download.body)
         publisher = Publisher(id=f"feed:{feed['_id']}", name="feeds")
         outcomes = await self.service.accept(items, publisher) if items else []
         log.info(
@@ -138,25 +234,43 @@ class FeedPoller:
         await self._polled(
             feed,
             {
-                "etag": response.headers.get("etag"),
-                "modified": response.headers.get("last-modified"),
+                "etag": download.headers.get("etag"),
+                "modified": download.headers.get("last-modified"),
             },
         )
 
-    async def fetch(
+    async def download(
         self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
-    ) -> httpx.Response:
+    ) -> Download:
+        """The feed's answer, its body read only up to the size limit, the whole of it
+        (redirects included) within the time limit."""
+        try:
+            async with asyncio.timeout(self.limits.timeout_s):
+                return await self._download(client, url, headers)
+        except TimeoutError:
+            raise FeedTooSlow(
+                f"the download took longer than {self.limits.timeout_s:g} s"
+            ) from None
+
+    async def _download(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
+    ) -> Download:
         """GET the feed from the address vetted for it, following a few redirects, each
         vetted the same way (a redirect must not lead inside the network either)."""
         for _ in range(MAX_REDIRECTS + 1):
             target = await resolve_endpoint(url, self.allow_hosts)
             extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
-            response = await client.get(
-                target.url, headers=headers | {"host": target.host}, extensions=extensions
-            )
-            if not response.is_redirect or "location" not in response.headers:
-                return response
-            url = urljoin(url, response.headers["location"])
+            async with client.stream(
+                "GET", target.url, headers=headers | {"host": target.host}, extensions=extensions
+            ) as response:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code == 304:
+                    return Download(304, response.headers, b"")
+                response.raise_for_status()
+                body = await read_at_most(response, self.limits.max_bytes)
+                return Download(response.status_code, response.headers, body)
         raise httpx.TooManyRedirects(
             f"more than {MAX_REDIRECTS} redirects", request=response.request
         )
@@ -189,6 +303,26 @@ def failed_poll_backoff(interval_s: float, failures: int) -> timedelta:
     million years."""
     longest = max(MAX_BACKOFF.total_seconds(), interval_s)
     return timedelta(seconds=min(interval_s * 2 ** min(failures, 32), longest))
+
+
+async def read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body, refused before it is read when it declares more than ``limit`` bytes,
+    and as soon as more than that arrived (decompressed) when it does not."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise FeedTooLarge(f"the body is {declared} bytes, over the {limit} a feed may have")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise FeedTooLarge(f"the body passed the {limit} bytes a feed may have")
+    return bytes(body)
+
+
+def feed_items(feed: Document, body: bytes) -> list[InteractionIn]:
+    """The feed's entries as interactions (bytes: feedparser takes a str for a URL)."""
+    parsed = feedparser.parse(body)
+    return [i for e in parsed.entries if (i := entry_to_interaction(feed, parsed, e))]
 
 
 def _conditional_headers(feed: Document) -> dict[str, str]:

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from services.ingest import api, stream
 from services.ingest.config import IngestSettings
-from services.ingest.feeds import FeedPoller
+from services.ingest.feeds import FeedLimits, FeedPoller
 from services.ingest.journey import (
     JourneyLog,
     assignment_step,
@@ -13,7 +13,7 @@ from services.ingest.journey import (
     journey_handler,
 )
 from services.ingest.repository import INTERACTIONS, IngestRepository
-from services.ingest.service import IngestService
+from services.ingest.service import IngestService, InputLimits
 from shared.app import Runtime, service_app
 from shared.events import Assignment, DeliveryAttempt, EnrichedInteraction
 from shared.outbox import Outbox
@@ -29,6 +29,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         interactions,
         settings.kafka.topics,
         (settings.rate_limit_per_s, settings.rate_limit_burst),
+        InputLimits(settings.max_attributes_bytes, settings.kafka.max_message_bytes),
     )
     topics = settings.kafka.topics
     runtime.consume(topics.submitted, stream.submitted_handler(service))
@@ -51,7 +52,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
         within_s,
     )
     service.journeys = journeys
-    poller = FeedPoller(repository, service, settings.allow_hosts)
+    limits = FeedLimits(settings.feed_max_bytes, settings.feed_timeout_s, settings.feed_concurrency)
+    poller = FeedPoller(repository, service, settings.allow_hosts, limits=limits)
+    service.feed_deleted = poller.cancel  # a deleted feed's poll stops at once
     app = service_app(
         runtime,
         [api.router],

@@ -82,13 +82,19 @@ class IngestRepository:
     async def delete_feed(self, feed_id: str) -> bool:
         return (await self.feeds.delete_one({"_id": feed_id})).deleted_count == 1
 
-    async def claim_due_feed(self, now: datetime) -> Document | None:
-        """Take a due feed, pushing its next poll out a minute so nobody else polls it meanwhile."""
+    async def claim_due_feed(self, now: datetime, lease_s: float = 60.0) -> Document | None:
+        """Take a due feed, pushing its next poll out by ``lease_s`` (longer than a poll
+        may take) so nobody else polls it meanwhile."""
         return await self.feeds.find_one_and_update(
             {"next_poll_ms": {"$lte": epoch_ms(now)}},
-            {"$set": {"next_poll_ms": epoch_ms(now) + 60_000}},
+            {"$set": {"next_poll_ms": epoch_ms(now) + int(lease_s * 1000)}},
             sort=[("next_poll_ms", ASCENDING)],
         )
+
+    async def existing_feed_ids(self, feed_ids: Sequence[str]) -> set[str]:
+        """Those of ``feed_ids`` whose feeds still exist."""
+        found = self.feeds.find({"_id": {"$in": list(feed_ids)}}, {"_id": 1})
+        return {str(doc["_id"]) async for doc in found}
 
     async def update_feed(self, feed_id: str, changes: Document) -> None:
         await self.feeds.update_one({"_id": feed_id}, {"$set": changes})

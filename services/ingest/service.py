@@ -38,6 +38,7 @@ from shared.events import (
     Interaction,
     RejectedSubmission,
     derived_event_id,
+    encode,
     utcnow,
 )
 from shared.grouping import GroupWriter
@@ -47,11 +48,15 @@ from shared.kafka import RawEvent
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox
+from shared.text import Text
 from shared.topics import Topics
 from shared.tracing import Spans, start_trace
 
 SOURCE = "/switchboard/ingest"
 PUBLISHER_CACHE_S = 30.0
+# What a Kafka record adds to its key, value and headers (lengths, offsets, timestamps,
+# its share of the batch header), with room to spare: an event judged to fit does fit.
+RECORD_OVERHEAD_BYTES = 1_024
 log = get_logger(__name__)
 
 FieldError = dict[str, str]
@@ -67,7 +72,7 @@ class InteractionIn(BaseModel):
     source: str = Field(min_length=1, max_length=128)
     external_id: str = Field(min_length=1, max_length=256)
     author: Author
-    text: str = Field(min_length=1, max_length=20_000)
+    text: Text = Field(min_length=1, max_length=20_000)
     url: HttpUrl | None = None
     language: str | None = Field(default=None, max_length=16)
     thread_id: str | None = Field(default=None, max_length=256)
@@ -222,6 +227,58 @@ class Outcome:
     status: Literal["accepted", "duplicate", "rejected", "forbidden"]
     id: str | None = None
     errors: list[FieldError] = field(default_factory=list)
+    too_large: bool = False  # rejected for its size: a single post answers 413
+
+
+_ATTRIBUTES = TypeAdapter(dict[str, AttributeValue])
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """How big an interaction may be: its attributes as JSON, and its event as the
+    outbox relay sends it (key, value and headers), which must fit the broker's records."""
+
+    max_attributes_bytes: int = 16 * 1024
+    max_message_bytes: int = 1_048_576
+
+    @property
+    def max_event_bytes(self) -> int:
+        return self.max_message_bytes - RECORD_OVERHEAD_BYTES
+
+    def attribute_errors(self, item: InteractionIn) -> list[FieldError]:
+        size = len(_ATTRIBUTES.dump_json(item.attributes))
+        if size <= self.max_attributes_bytes:
+            return []
+        reason = f"{size} bytes as JSON, more than the {self.max_attributes_bytes} allowed"
+        return [{"field": "attributes", "reason": reason}]
+
+    def event_errors(self, event: CloudEvent[Interaction], key: str) -> list[FieldError]:
+        size = record_size(event, key)
+        if size <= self.max_event_bytes:
+            return []
+        part, part_size = largest_field(event.data)
+        reason = (
+            f"its event would be {size} bytes, more than the {self.max_event_bytes} the "
+            f"broker takes; its largest field, {part}, is {part_size} bytes"
+        )
+        return [{"field": part, "reason": reason}]
+
+
+def record_size(event: CloudEvent[Any], key: str) -> int:
+    """The bytes of the event's Kafka record: key, value and headers, names included."""
+    record = encode(event, key)
+    headers = sum(len(name) + len(value) for name, value in record.headers)
+    return len(record.key) + len(record.value) + headers
+
+
+def largest_field(interaction: Interaction) -> tuple[str, int]:
+    """The interaction's field that takes the most bytes as JSON, and how many."""
+    fields = interaction.model_dump(mode="json")
+    sizes = {
+        name: len(json.dumps(value, ensure_ascii=False).encode()) for name, value in fields.items()
+    }
+    name = max(sizes, key=sizes.__getitem__)
+    return name, sizes[name]
 
 
 def _set(values: list[str] | None) -> frozenset[str] | None:
@@ -315,8 +372,10 @@ class IngestService:
         interactions: Outbox,
         topics: Topics,
         rate_limit: tuple[float, int],
+        limits: InputLimits = InputLimits(),
     ) -> None:
         self.repository = repository
+        self.limits = limits
         self.outbox = outbox  # rejected submissions
         self.interactions = interactions  # each interaction with its received event
         self.topics = topics
@@ -324,6 +383,8 @@ class IngestService:
         self.buckets: dict[str, TokenBucket] = {}
         self.publishers: dict[str, tuple[Publisher, float]] = {}
         self.journeys: JourneyLog | None = None  # the read model, when the app consumes it
+        # Told of each feed deleted here, so that a poll of it under way stops.
+        self.feed_deleted: Callable[[str], None] = lambda _: None
         # Single posts stored together, per publisher (see accept_one).
         self.singles: GroupWriter[str, tuple[Item, Publisher, str | None], Outcome] = GroupWriter(
             self._accept_singles
@@ -345,28 +406,35 @@ class IngestService:
         """Store each new interaction, as one document with its event; a repeat of
         (source, external_id) answers with the original's id and stores nothing new."""
         outcomes: list[Outcome] = []
-        fresh: list[tuple[int, Interaction]] = []
+        fresh: list[tuple[int, Interaction, str, CloudEvent[Interaction]]] = []
         now = utcnow()
         for position, item in enumerate(items):
             if isinstance(item, list):
                 outcomes.append(Outcome("rejected", errors=item))
             elif errors := publisher.scope_errors(item):
                 outcomes.append(Outcome("forbidden", errors=errors))
+            elif errors := self.limits.attribute_errors(item):
+                outcomes.append(Outcome("rejected", errors=errors, too_large=True))
             else:
+                interaction = _new_interaction(item, now)
+                key = author_key(interaction)
+                event = received_event(interaction, _at(traceparents, position))
+                # Refused now, not stored: the relay could never send it, and the events
+                # stored after it would wait behind it.
+                if errors := self.limits.event_errors(event, key):
+                    outcomes.append(Outcome("rejected", errors=errors, too_large=True))
+                    continue
                 outcomes.append(Outcome("accepted"))
-                fresh.append((position, _new_interaction(item, now)))
+                fresh.append((position, interaction, key, event))
         stored = await self.interactions.add(
-            [
-                (self.topics.received, author_key(i), received_event(i, _at(traceparents, p)))
-                for p, i in fresh
-            ],
-            [interaction_fields(i, publisher.id) for _, i in fresh],
+            [(self.topics.received, key, event) for _, _, key, event in fresh],
+            [interaction_fields(i, publisher.id) for _, i, _, _ in fresh],
         )
-        repeats = [i for _, i in fresh if i.id not in stored]
+        repeats = [i for _, i, _, _ in fresh if i.id not in stored]
         originals = await self.repository.find_by_external_ids(
             [(i.source, i.external_id) for i in repeats]
         )
-        for position, interaction in fresh:
+        for position, interaction, _, _ in fresh:
             if interaction.id in stored:
                 outcomes[position] = Outcome("accepted", interaction.id)
             elif original := originals.get((interaction.source, interaction.external_id)):
@@ -513,7 +581,10 @@ class IngestService:
         return await self.repository.list_feeds()
 
     async def delete_feed(self, feed_id: str) -> bool:
-        return await self.repository.delete_feed(feed_id)
+        deleted = await self.repository.delete_feed(feed_id)
+        if deleted:
+            self.feed_deleted(feed_id)
+        return deleted
 
 
 def _at(traceparents: Sequence[str | None], position: int) -> str | None:

@@ -36,6 +36,8 @@ QUEUED = "io.switchboard.assignment.queued.v1"
 # Retries close together, so a desk that comes back is reached within seconds.
 RETRIES_S = [0.2, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
 SCALE = int(os.environ.get("SWITCHBOARD_FAULT_SCALE", "1"))  # `make chaos` raises it
+# A poison post's attributes: their event is over the broker's largest record (1 MiB).
+POISON = {"blob": "x" * 1024 * 1024}
 
 
 @dataclass
@@ -201,26 +203,34 @@ class System:
 
 
 @asynccontextmanager
-async def running(stack: EmbeddedStack, namespace: str, home: Path) -> AsyncIterator[System]:
+async def running(
+    stack: EmbeddedStack, namespace: str, home: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[System]:
     """The four services and the desk, on fresh topics, groups and databases; a publisher
     key and a subscription for every queued item. ``home`` (an existing directory) takes
-    the services' logs."""
-    ports = {f"{name}_port": free_port() for name in SERVICES}
+    the services' logs; ``env`` adds settings."""
+    desk = Desk()
+    # The desk's port is the one webhooks are allowed to reach on this machine.
+    ports = {f"{name}_port": free_port() for name in SERVICES} | {"desk_port": desk.port}
     local = LocalSettings.model_validate(
         {"home": home, "broker_port": stack.broker_port, "store_port": stack.store_port} | ports
     )
-    env = service_env(local, ADMIN_TOKEN) | {
-        "SWITCHBOARD_KAFKA_TOPIC_PREFIX": f"{namespace}.",
-        "SWITCHBOARD_KAFKA_GROUP_PREFIX": f"{namespace}.",
-        "SWITCHBOARD_MONGO_DATABASE_PREFIX": f"{namespace}_",
-        "SWITCHBOARD_KAFKA_SESSION_TIMEOUT_S": "3",
-        "SWITCHBOARD_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
-        "SWITCHBOARD_NOTIFY_RETRY_SCHEDULE_S": json.dumps(RETRIES_S),
-        "SWITCHBOARD_NOTIFY_BREAKER_COOLDOWN_S": "1",
-        "SWITCHBOARD_LOG_LEVEL": "WARNING",
-    }
+    env = (
+        service_env(local, ADMIN_TOKEN)
+        | {
+            "SWITCHBOARD_KAFKA_TOPIC_PREFIX": f"{namespace}.",
+            "SWITCHBOARD_KAFKA_GROUP_PREFIX": f"{namespace}.",
+            "SWITCHBOARD_MONGO_DATABASE_PREFIX": f"{namespace}_",
+            "SWITCHBOARD_KAFKA_SESSION_TIMEOUT_S": "3",
+            "SWITCHBOARD_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+            "SWITCHBOARD_NOTIFY_RETRY_SCHEDULE_S": json.dumps(RETRIES_S),
+            "SWITCHBOARD_NOTIFY_BREAKER_COOLDOWN_S": "1",
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+        }
+        | (env or {})
+    )
     kafka = kafka_settings(stack.bootstrap_servers, namespace)
-    system = System(stack, kafka, home, local, env, Desk())
+    system = System(stack, kafka, home, local, env, desk)
     await system.desk.up()
     try:
         for service in SERVICES:
@@ -240,14 +250,19 @@ async def running(stack: EmbeddedStack, namespace: str, home: Path) -> AsyncIter
         await system.desk.down()
 
 
-def mention(n: int, run: str) -> dict[str, Any]:
-    return {
+def mention(n: int, run: str, poisoned: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "channel": "twitter",
         "source": f"faults-{run}",
         "external_id": str(n),
         "author": {"handle": f"@customer{n % 97}"},
         "text": f"Order {n} has not arrived, please help",
     }
+    return body | {"attributes": POISON} if poisoned else body
+
+
+def refused_for_size(errors: list[dict[str, str]]) -> bool:
+    return [e["field"] for e in errors] == ["attributes"] and "bytes" in errors[0]["reason"]
 
 
 @dataclass
@@ -258,19 +273,45 @@ class Publisher:
     system: System
     run: str
     ids: dict[int, str] = field(default_factory=dict)  # mention number -> interaction id
+    refused: set[int] = field(default_factory=set)  # poisoned mentions, refused
     sent_batches: int = 0
+    poison_every: int = 0  # every n-th mention is poisoned (0: none)
+
+    def poisoned(self, number: int) -> bool:
+        return self.poison_every > 0 and number % self.poison_every == self.poison_every - 1
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.system.publisher_key}"}
 
     async def post(self, numbers: range, batch: int = 50) -> None:
-        headers = {"Authorization": f"Bearer {self.system.publisher_key}"}
         url = f"{self.system.url('ingest')}/v1/interactions"
-        async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
+        async with httpx.AsyncClient(timeout=30.0, headers=self.headers) as http:
             for start in range(numbers.start, numbers.stop, batch):
                 chunk = list(range(start, min(start + batch, numbers.stop)))
                 answer = await self._until_answered(http, url, chunk)
                 for number, result in zip(chunk, answer["results"], strict=True):
-                    assert result["status"] in ("accepted", "duplicate"), result
-                    self.ids[number] = result["id"]
+                    self._note(number, result)
                 self.sent_batches += 1
+
+    def _note(self, number: int, result: dict[str, Any]) -> None:
+        if self.poisoned(number):
+            assert result["status"] == "rejected", result
+            assert refused_for_size(result["errors"]), result
+            self.refused.add(number)
+        else:
+            assert result["status"] in ("accepted", "duplicate"), result
+            self.ids[number] = result["id"]
+
+    async def post_poisoned_one_by_one(self, numbers: range) -> None:
+        """Poisoned mentions posted alone: each answered 413, naming the field."""
+        url = f"{self.system.url('ingest')}/v1/interactions"
+        async with httpx.AsyncClient(timeout=30.0, headers=self.headers) as http:
+            for number in numbers:
+                answer = await http.post(url, json=mention(number, self.run, poisoned=True))
+                assert answer.status_code == 413, answer.text
+                assert refused_for_size(answer.json()["detail"]), answer.text
+                self.refused.add(number)
 
     async def _until_answered(
         self, http: httpx.AsyncClient, url: str, chunk: list[int]
@@ -278,7 +319,8 @@ class Publisher:
         deadline = time.monotonic() + 90
         while True:
             try:
-                answer = await http.post(url, json=[mention(n, self.run) for n in chunk])
+                body = [mention(n, self.run, self.poisoned(n)) for n in chunk]
+                answer = await http.post(url, json=body)
                 if answer.status_code == 200:
                     result: dict[str, Any] = answer.json()
                     return result

@@ -1,7 +1,7 @@
 """Nothing lost, nothing doubled: each service killed with SIGKILL mid-stream and started
-again, the desk gone for a while, every interaction posted twice. Counted at the desk by
-interaction id; a failure names the ids concerned. ``make chaos`` runs the same with
-ten times the interactions."""
+again, the desk gone for a while, every interaction posted twice, poisoned posts among
+good ones. Counted at the desk by interaction id; a failure names the ids concerned.
+``make chaos`` runs the same with ten times the interactions."""
 
 from __future__ import annotations
 
@@ -103,3 +103,22 @@ async def test_a_broker_that_restarts_empty_mid_stream_loses_nothing(
             await all_delivered(system, set(publisher.ids.values()), timeout_s=180)
     finally:
         broker.stop()
+
+
+async def test_poisoned_posts_are_refused_and_every_good_one_reaches_the_desk_once(
+    stack: EmbeddedStack, namespace: str, tmp_path: Path
+) -> None:
+    """Posts whose event would be over the broker's largest record, among good ones, in
+    batches and alone. Attributes may be large here, so that only the event's size stands
+    between a poisoned post and the broker, whose refusal would stall the outbox."""
+    good_ones = COUNT // 4
+    allow_large_attributes = {"SWITCHBOARD_INGEST_MAX_ATTRIBUTES_BYTES": str(4 * 1024 * 1024)}
+    async with running(stack, namespace, tmp_path, allow_large_attributes) as system:
+        publisher = Publisher(system, namespace, poison_every=10)
+        alone = range(good_ones, good_ones + 5 * SCALE)
+        await asyncio.gather(
+            publisher.post(range(good_ones)), publisher.post_poisoned_one_by_one(alone)
+        )
+
+        assert publisher.refused == {n for n in range(good_ones) if n % 10 == 9} | set(alone)
+        await all_delivered(system, set(publisher.ids.values()))

@@ -477,6 +477,68 @@ async def test_body_over_the_limit_gets_413(
     assert answer.status_code == 413
 
 
+MIB = 1024 * 1024
+
+
+async def test_an_interaction_too_big_for_the_broker_is_refused_and_the_next_is_published(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    # Attributes may be large here, so that the event's size is what refuses it.
+    async with running_ingest(stack, namespace, run_dir, max_attributes_bytes=4 * MIB) as ingest:
+        poison = mention("big-1", attributes={"k": "x" * MIB})
+        refused = await ingest.http.post("/v1/interactions", json=poison, headers=ingest.headers())
+        after = await ingest.http.post(
+            "/v1/interactions", json=mention("after-1"), headers=ingest.headers()
+        )
+        topic = ingest.settings.kafka.topics.received
+        events = await read_topic(ingest.settings.kafka, topic, Interaction, 1, settle_s=1.0)
+
+    assert refused.status_code == 413, refused.text
+    [problem] = refused.json()["detail"]
+    assert problem["field"] == "attributes"
+    assert "the broker takes" in problem["reason"]
+    assert after.status_code == 202
+    assert [event.id for _, event in events] == [after.json()["id"]]
+
+
+async def test_attributes_over_their_total_limit_are_refused_naming_them(
+    ingest: Ingest,
+) -> None:
+    # 64 keys (the most allowed) of 300 characters: about 19 KiB of JSON, over 16 KiB.
+    many = {f"key-{n}": "v" * 300 for n in range(64)}
+    refused = await ingest.http.post(
+        "/v1/interactions", json=mention("a-1", attributes=many), headers=ingest.headers()
+    )
+    fitting = {f"key-{n}": "v" * 150 for n in range(64)}  # about 10 KiB
+    taken = await ingest.http.post(
+        "/v1/interactions", json=mention("a-2", attributes=fitting), headers=ingest.headers()
+    )
+
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["detail"] == [
+        {"field": "attributes", "reason": "19959 bytes as JSON, more than the 16384 allowed"}
+    ]
+    assert taken.status_code == 202
+
+
+async def test_a_batch_refuses_its_oversized_items_and_takes_the_others(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    async with running_ingest(stack, namespace, run_dir, max_attributes_bytes=4 * MIB) as ingest:
+        batch = [mention("b-1"), mention("b-2", attributes={"k": "x" * MIB}), mention("b-3")]
+        answer = await ingest.http.post("/v1/interactions", json=batch, headers=ingest.headers())
+        topic = ingest.settings.kafka.topics.received
+        events = await read_topic(ingest.settings.kafka, topic, Interaction, 2, settle_s=1.0)
+
+    body = answer.json()
+    assert answer.status_code == 200
+    assert [r["status"] for r in body["results"]] == ["accepted", "rejected", "accepted"]
+    [problem] = body["results"][1]["errors"]
+    assert problem["field"] == "attributes"
+    assert "the broker takes" in problem["reason"]
+    assert sorted(event.data.external_id for _, event in events) == ["b-1", "b-3"]
+
+
 async def test_interactions_accepted_while_the_broker_is_down_all_arrive(
     own_stack: EmbeddedStack, tmp_path: Path, namespace: str
 ) -> None:

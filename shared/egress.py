@@ -5,6 +5,11 @@ A host must resolve only to public addresses, unless allow-listed; the check run
 the address is registered and again before every call, since DNS answers change; and the
 call connects to the very address that was vetted (``Host`` and TLS SNI keep the name),
 so a second DNS answer (rebinding) cannot send it anywhere else.
+
+An allow-list entry is ``host`` (any port) or ``host:port`` (``[::1]:8089`` for IPv6), so
+that a local receiver can be admitted without the store, the broker or an admin API on
+the same host. An address is registered without user name or password: a URL is shown
+and audited, and credentials do not belong in it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import ipaddress
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from pydantic import AfterValidator
 
 
 class EndpointRefused(ValueError):
@@ -54,6 +62,63 @@ def _forbidden(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+def allow_entry(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry as (host, port), the port None when the entry names none.
+    Raises ValueError for one that is neither ``host`` nor ``host:port``."""
+    text = entry.strip().lower()
+    if text.startswith("["):  # [IPv6] or [IPv6]:port
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"not host or host:port: {entry!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address
+        host, port_text = text, None
+    if not host:
+        raise ValueError(f"no host in {entry!r}")
+    if port_text is None:
+        return host, None
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) <= 65535:
+        raise ValueError(f"bad port in {entry!r}")
+    return host, int(port_text)
+
+
+def _valid_allow_list(entries: frozenset[str]) -> frozenset[str]:
+    for entry in entries:
+        allow_entry(entry)
+    return entries
+
+
+# A setting's allow-list, its entries checked when the setting is read.
+AllowList = Annotated[frozenset[str], AfterValidator(_valid_allow_list)]
+
+
+def _allowed(host: str, port: int, allow_hosts: Collection[str]) -> bool:
+    """Whether an entry names this host, with this port or none. A malformed entry (in a
+    list not checked as a setting) names nothing."""
+    for entry in allow_hosts:
+        try:
+            allowed_host, allowed_port = allow_entry(entry)
+        except ValueError:
+            continue
+        if allowed_host == host and allowed_port in (None, port):
+            return True
+    return False
+
+
+def without_userinfo(url: str) -> str:
+    """The URL with any user name and password left out, for showing and logging."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
+def _has_userinfo(parts: SplitResult) -> bool:
+    return "@" in parts.netloc
+
+
 @dataclass(frozen=True)
 class Target:
     """Where one attempt connects: the vetted address itself, so that a second DNS answer
@@ -82,7 +147,8 @@ async def resolve_endpoint(url: str, allow_hosts: Collection[str]) -> Target:
     except OSError as exc:
         raise EndpointRefused(f"host does not resolve: {parts.hostname}") from exc
     addresses = [str(info[4][0]) for info in infos]
-    if parts.hostname not in allow_hosts and any(_forbidden(a) for a in addresses):
+    allowed = _allowed(parts.hostname, port, allow_hosts)
+    if not allowed and any(_forbidden(a) for a in addresses):
         raise EndpointRefused(f"host resolves to a non-public address: {parts.hostname}")
     address = min(addresses, key=lambda a: ":" in a)  # IPv4 first, as most clients do
     literal = f"[{address}]" if ":" in address else address
@@ -95,4 +161,9 @@ async def resolve_endpoint(url: str, allow_hosts: Collection[str]) -> Target:
 
 
 async def check_endpoint(url: str, allow_hosts: Collection[str]) -> None:
+    """Vet an endpoint being registered: as before every call, and refuse userinfo. (A
+    call goes to the pinned address, which carries none: a URL stored with it is called
+    without it.)"""
+    if _has_userinfo(urlsplit(url)):
+        raise EndpointRefused("must not carry a user name or password (user:password@)")
     await resolve_endpoint(url, allow_hosts)

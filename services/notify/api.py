@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from services.notify.service import NotifyService, SubscriptionIn
 from shared.access import AdminOnly, AdminOrOperator
 from shared.audit import record_change
-from shared.egress import EndpointRefused
+from shared.egress import EndpointRefused, without_userinfo
 from shared.http import app_service, not_found, public
 from shared.mongo import epoch_ms
 
@@ -28,8 +28,11 @@ def delivery_out(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def subscription_out(doc: dict[str, Any]) -> dict[str, Any]:
-    """A subscription as the API shows it: never its signing secret."""
+    """A subscription as the API shows it (and the audit log records it): never its
+    signing secret, nor a password in its URL."""
     shown = public(doc, hide=("secret", "previous_secret"))
+    if isinstance(shown.get("url"), str):
+        shown["url"] = without_userinfo(shown["url"])
     shown["enabled"] = bool(shown.get("enabled"))  # stored as 1/0 by some stores
     return shown
 

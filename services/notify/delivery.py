@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 from standardwebhooks.webhooks import Webhook
@@ -45,18 +47,45 @@ class Attempt:
     latency_ms: float
     error: str | None = None
     excerpt: str = ""
-    retry_after_s: float | None = None
+    retry_after_s: float | None = None  # the wait Retry-After asked for, within the ceiling
     gone: bool = False
 
 
-def _retry_after(status: int, headers: Mapping[str, str]) -> float | None:
+def parse_retry_after(value: str, now: datetime, ceiling_s: float) -> float:
+    """The wait a ``Retry-After`` value asks for (delta-seconds or an HTTP-date, RFC 9110),
+    within [0, ceiling_s]: a value in the past, negative, not a number or unreadable asks
+    for no extra wait; an infinite or huge one for the ceiling, so that no answer can park
+    a delivery for years or overflow the arithmetic of its next attempt."""
+    seconds = _delta_seconds(value)
+    if seconds is None:
+        seconds = _seconds_until_date(value, now)
+    if seconds is None or math.isnan(seconds):
+        return 0.0
+    return min(max(seconds, 0.0), ceiling_s)
+
+
+def _delta_seconds(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _seconds_until_date(value: str, now: datetime) -> float | None:
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if at.tzinfo is None:  # "-0000": the time is UTC, its source unknown
+        at = at.replace(tzinfo=UTC)
+    return (at - now).total_seconds()
+
+
+def _retry_after(status: int, headers: Mapping[str, str], ceiling_s: float) -> float | None:
     value = headers.get("retry-after")
     if value is None or status not in RETRY_STATUSES:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    return parse_retry_after(value, datetime.now(UTC), ceiling_s)
 
 
 def webhook_session(timeout_s: float) -> aiohttp.ClientSession:
@@ -71,10 +100,15 @@ def webhook_session(timeout_s: float) -> aiohttp.ClientSession:
 
 
 async def attempt(
-    session: aiohttp.ClientSession, target: Target, headers: dict[str, str], body: str
+    session: aiohttp.ClientSession,
+    target: Target,
+    headers: dict[str, str],
+    body: str,
+    retry_after_max_s: float,
 ) -> Attempt:
     """One POST to the pinned address; redirects are not followed (a 3xx is a failure,
-    as the spec says). Of the answer, only the start is read."""
+    as the spec says). Of the answer, only the start is read. A ``Retry-After`` is taken
+    up to ``retry_after_max_s``."""
     started = time.perf_counter()
     try:
         async with session.post(
@@ -95,6 +129,6 @@ async def attempt(
         status_code=status,
         latency_ms=elapsed,
         excerpt=start.decode("utf-8", errors="replace")[:200],
-        retry_after_s=_retry_after(status, answer_headers),
+        retry_after_s=_retry_after(status, answer_headers, retry_after_max_s),
         gone=status == 410,
     )

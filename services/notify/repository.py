@@ -171,6 +171,8 @@ class NotifyRepository:
                 "$set": {
                     "status": "pending",
                     "round_start": delivery["attempt_count"],
+                    "round_started_ms": None,  # set by the new round's first attempt
+                    "last_try": False,
                     "next_attempt_ms": epoch_ms(now),
                 }
             },

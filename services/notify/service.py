@@ -46,6 +46,7 @@ from shared.grouping import GroupWriter
 from shared.logging import get_logger
 from shared.mongo import Document, epoch_ms
 from shared.outbox import Outbox, OutboxEntry
+from shared.text import Name
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
@@ -58,6 +59,7 @@ Notice = CloudEvent[Assignment] | CloudEvent[SlaBreach]
 DELIVERED_TYPES = (*(assignment_type(status) for status in AssignmentStatus), SLA_BREACHED)
 # How long a delivery waits for a slot at its busy endpoint before it is postponed.
 ENDPOINT_WAIT_S = 1.0
+JITTER = 0.2  # each retry step is drawn within ±20% of its length
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class SubscriptionIn(BaseModel):
     )
     filters: Filters = Field(default_factory=Filters)
     format: Literal["cloudevents", "slack"] = "cloudevents"
-    description: str | None = Field(default=None, max_length=256)
+    description: Name | None = Field(default=None, max_length=256)
 
     @field_validator("event_types")
     @classmethod
@@ -213,8 +215,37 @@ def next_delay(
     if attempts_made > len(schedule):
         return None
     base = schedule[max(attempts_made, 1) - 1]
-    delay = base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+    delay = base * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter, not security
     return max(delay, retry_after_s or 0.0)
+
+
+def schedule_span_s(schedule: Sequence[float]) -> float:
+    """How long a round of attempts lasts at most, from its first: every step at its
+    longest jitter. Past it, no endpoint's Retry-After keeps a delivery waiting."""
+    return sum(schedule) * (1 + JITTER)
+
+
+@dataclass(frozen=True)
+class NextTry:
+    delay_s: float
+    last: bool  # the wait was cut at the schedule's end: that try is the round's last
+
+
+def next_try(
+    schedule: Sequence[float], attempts_made: int, retry_after_s: float | None, left_s: float
+) -> NextTry | None:
+    """When to try again: the schedule's step, or longer where the endpoint asked for it
+    (Retry-After, already capped), but no later than the schedule's end, ``left_s`` from
+    now; a wait cut there makes the next try the last. None when the schedule is spent."""
+    delay = next_delay(schedule, attempts_made, None)
+    if delay is None:
+        return None
+    asked = retry_after_s or 0.0
+    if asked <= delay:
+        return NextTry(delay, last=False)
+    if asked <= left_s:
+        return NextTry(asked, last=False)
+    return NextTry(max(delay, left_s), last=True)
 
 
 class NotifyService:
@@ -508,7 +539,9 @@ class NotifyService:
         if delivery.get("traceparent"):
             headers["traceparent"] = delivery["traceparent"]
         with self.spans.span("webhook attempt", delivery.get("traceparent"), url=target.host):
-            outcome = await send_attempt(client, target, headers, delivery["body"])
+            outcome = await send_attempt(
+                client, target, headers, delivery["body"], self.settings.retry_after_max_s
+            )
         delivery_metrics().latency_seconds.observe(outcome.latency_ms / 1000)
         return outcome, outcome.error
 
@@ -570,12 +603,8 @@ class NotifyService:
             )
             self.subscriptions.changed()
             return
-        delay = next_delay(
-            self.settings.retry_schedule_s,
-            this_round,
-            outcome.retry_after_s if outcome is not None else None,
-        )
-        if delay is None:
+        retry = self._retry_changes(delivery, this_round, record["at"], outcome)
+        if retry is None:
             dead = (
                 self.topics.deliveries_dead,
                 subscription["_id"],
@@ -583,8 +612,35 @@ class NotifyService:
             )
             await self.record(*attempt({"status": "dead"}, "dead"), dead)
             return
-        retry_at: datetime = record["at"] + timedelta(seconds=delay)
-        await self.record(*attempt({"next_attempt_ms": epoch_ms(retry_at)}, "retry"))
+        await self.record(*attempt(retry, "retry"))
+
+    def _retry_changes(
+        self, delivery: Document, this_round: int, at: datetime, outcome: Attempt | None
+    ) -> dict[str, Any] | None:
+        """What a failed attempt changes on a delivery to be tried again; None when it is
+        dead: its schedule spent, or this try the last its schedule's end allowed."""
+        if this_round > 1 and delivery.get("last_try"):
+            return None
+        schedule = self.settings.retry_schedule_s
+        now_ms = epoch_ms(at)
+        started_ms = round_started_ms(delivery, this_round, now_ms)
+        left_s = (started_ms - now_ms) / 1000 + schedule_span_s(schedule)
+        retry_after_s = outcome.retry_after_s if outcome is not None else None
+        then = next_try(schedule, this_round, retry_after_s, left_s)
+        if then is None:
+            return None
+        return {
+            "next_attempt_ms": epoch_ms(at + timedelta(seconds=then.delay_s)),
+            "round_started_ms": started_ms,
+            "last_try": then.last,
+        }
+
+
+def round_started_ms(delivery: Document, this_round: int, now_ms: int) -> int:
+    """When the delivery's round of attempts began: now, at its first attempt or when no
+    start is on record."""
+    started = delivery.get("round_started_ms") if this_round > 1 else None
+    return int(started) if started is not None else now_ms
 
 
 def attempted_event(

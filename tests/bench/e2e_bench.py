@@ -69,6 +69,8 @@ STACK_OVERRIDES = {
     "SWITCHBOARD_INGEST_RATE_LIMIT_BURST": "1000000",
     # No offer may time out and be offered again (a second webhook) during the run.
     "SWITCHBOARD_ROUTER_OFFER_TIMEOUT_S": "3600",
+    # The bench's webhook receiver listens on a free port, not the sample desk's.
+    "SWITCHBOARD_NOTIFY_ALLOW_HOSTS": '["127.0.0.1"]',
 }
 
 

@@ -55,6 +55,8 @@ def alive(pid: int) -> bool:
 def system(tmp_path: Path) -> Iterator[System]:
     env = dict(os.environ, SWITCHBOARD_HOME=str(tmp_path / "home"))
     env.update({f"SWITCHBOARD_{name.upper()}_PORT": str(free_port()) for name in PORTS})
+    # The test's own webhook receiver listens on a free port, not the sample desk's.
+    env["SWITCHBOARD_NOTIFY_ALLOW_HOSTS"] = '["127.0.0.1"]'
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up"],
         env=env,

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -277,8 +277,9 @@ async def _settle(seconds: float = 1.5) -> None:
 
 
 async def test_retry_after_on_429_is_honoured(notify: NotifyFactory) -> None:
+    # The schedule lasts long enough to take the wait: none goes past its end.
     async with (
-        notify() as service,
+        notify(retry_schedule_s=(0.1, 5.0)) as service,
         receiving(answers=[429], failure_headers={"Retry-After": "2"}) as desk,
     ):
         subscription = await service.subscribe(desk.url)
@@ -289,6 +290,56 @@ async def test_retry_after_on_429_is_honoured(notify: NotifyFactory) -> None:
         assert_all_signed(desk, subscription["secret"])
         assert len(desk.arrivals) == 2
         assert desk.arrivals[1] - desk.arrivals[0] >= 1.9  # the schedule alone says 0.1 s
+
+
+# Retry-After answers that once parked a delivery for millennia (a huge number), or broke
+# the recording of its attempt (infinite, or too large for a date), beside harmless ones.
+CAPPED_RETRY_AFTERS = ("99999999999", "inf", "1e20", "Fri, 31 Dec 9999 23:59:59 GMT")
+NO_WAIT_RETRY_AFTERS = ("-5", "nan")
+
+
+async def test_every_retry_after_is_capped_and_a_failing_delivery_dead_lettered(
+    notify: NotifyFactory,
+) -> None:
+    # Five 0.2 s steps: the schedule ends 1.2 s after the first attempt at the latest. The
+    # 1 s ceiling is within it once, then cut at its end; that try is the last.
+    schedule = (0.2,) * 5
+    settings = {"retry_schedule_s": schedule, "retry_after_max_s": 1.0, "breaker_threshold": 100}
+    values = CAPPED_RETRY_AFTERS + NO_WAIT_RETRY_AFTERS
+    async with notify(**settings) as service, AsyncExitStack() as desks:
+        by_value: dict[str, tuple[Receiver, str]] = {}
+        for n, value in enumerate(values):
+            failing = [429 if n % 2 else 503] * 20
+            desk = await desks.enter_async_context(
+                receiving(answers=failing, failure_headers={"Retry-After": value})
+            )
+            by_value[value] = (desk, (await service.subscribe(desk.url))["id"])
+
+        await service.send(offered())
+        dead = await eventually(
+            lambda: _at_least_dead(service, len(values)), timeout_s=90, interval_s=0.5
+        )
+        topic = service.settings.kafka.topics.deliveries_dead
+        dead_events = await read_topic(service.settings.kafka, topic, DeadDelivery, len(values))
+
+        for value, (desk, subscription_id) in by_value.items():
+            [delivery] = [d for d in dead if d["subscription_id"] == subscription_id]
+            attempts = await service.http.get(
+                f"/v1/deliveries/{delivery['id']}/attempts", headers=admin_headers()
+            )
+            # Every call the endpoint saw is an attempt recorded, and counted.
+            assert len(attempts.json()) == delivery["attempt_count"] == len(desk.received), value
+            if value in CAPPED_RETRY_AFTERS:
+                assert delivery["attempt_count"] == 3, value  # first, ceiling, schedule's end
+                assert desk.arrivals[1] - desk.arrivals[0] >= 0.9, value  # the ceiling's wait
+            else:
+                assert delivery["attempt_count"] == len(schedule) + 1, value  # no extra wait
+    assert {event.data.delivery_id for _, event in dead_events} == {d["id"] for d in dead}
+
+
+async def _at_least_dead(service: Notify, count: int) -> list[dict[str, Any]] | None:
+    dead = await service.deliveries("dead")
+    return dead if len(dead) >= count else None
 
 
 async def test_a_restart_between_retries_keeps_the_schedule(notify: NotifyFactory) -> None:
@@ -583,3 +634,68 @@ async def test_fresh_deliveries_kept_waiting_by_a_backlog_go_back_to_the_store(
 
     assert len({headers["webhook-id"] for headers, _ in desk.received}) == count
     assert len(desk.received) == count
+
+
+async def test_an_endpoint_with_a_user_name_or_password_is_refused(
+    notify: NotifyFactory,
+) -> None:
+    async with notify() as service, receiving() as desk:
+        with_password = desk.url.replace("http://", "http://desk-user:s3cret@")
+        answer = await service.http.post(
+            "/v1/subscriptions", json={"url": with_password}, headers=admin_headers()
+        )
+
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["field"] == "url"
+    assert "user name or password" in problem["reason"]
+    assert "s3cret" not in answer.text
+
+
+async def test_a_stored_endpoints_password_is_neither_shown_nor_audited(
+    notify: NotifyFactory, repository: NotifyRepository
+) -> None:
+    async with notify() as service:
+        await repository.insert_subscription(
+            {
+                "_id": "legacy",
+                "url": "http://desk-user:s3cret@127.0.0.1:9/hook",
+                "event_types": ["io.switchboard.assignment.*"],
+                "filters": {},
+                "format": "cloudevents",
+                "secret": "whsec_c2VjcmV0",
+                "enabled": True,
+                "created_at": utcnow(),
+            }
+        )
+        shown = await service.http.get("/v1/subscriptions/legacy", headers=admin_headers())
+        paused = await service.http.put(
+            "/v1/subscriptions/legacy/enabled", json={"enabled": False}, headers=admin_headers()
+        )
+        audit = await service.http.get("/v1/audit", headers=admin_headers())
+
+    assert shown.json()["url"] == "http://127.0.0.1:9/hook"
+    assert paused.json()["url"] == "http://127.0.0.1:9/hook"
+    [change] = [e for e in audit.json()["entries"] if e["target"] == {"subscription_id": "legacy"}]
+    assert change["change"]["before"]["url"] == "http://127.0.0.1:9/hook"
+    assert "s3cret" not in shown.text + paused.text + audit.text
+
+
+async def test_an_allow_list_entry_with_a_port_admits_that_port_and_no_other(
+    notify: NotifyFactory,
+) -> None:
+    async with receiving() as desk, receiving() as other:
+        desk_port = desk.url.split("/")[2]  # 127.0.0.1:PORT
+        async with notify(allow_hosts=frozenset({desk_port})) as service:
+            subscription = await service.subscribe(desk.url)
+            refused = await service.http.post(
+                "/v1/subscriptions", json={"url": other.url}, headers=admin_headers()
+            )
+
+            await service.send(offered())
+            await eventually(lambda: at_least(desk.received, 1))
+
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["field"] == "url"
+    assert other.received == []
+    assert_all_signed(desk, subscription["secret"])

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import faust
 from aiokafka import TopicPartition
 from fastapi import APIRouter, FastAPI
 from faust.contrib.asgi import faust_app_running
+from faust.types import TP
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -100,7 +102,13 @@ class Runtime:
             self.metrics,
             f"{self.name}-{topic}",
             within_s,
+            store_answers=self.store_answers,
         )
+
+    async def store_answers(self) -> bool:
+        """Whether the database answers now: a consumed record that fails while it does
+        not is not taken for poison (see ``kafka.Handling``)."""
+        return await mongo.ping(self.db)
 
     async def rewind_consumers(self) -> None:
         """The broker forgot its log and the positions in it: the consumers read it again
@@ -125,9 +133,10 @@ class Runtime:
         not its relay noticed: a consumer positioned past a partition's end would wait for
         offsets the new log has not reached, and pass over everything published again
         below them. Then read everything again, and publish the recent window again.
-        Each turn also shows each partition's lag."""
+        Each turn also shows the partitions held and each one's lag."""
         while self.stream is not None:
             await asyncio.sleep(interval_s)
+            self._show_assignment()
             if not kafka.is_assigned(self.stream):
                 self._show_lags({})
                 continue
@@ -185,13 +194,27 @@ class Runtime:
             self.metrics.consumer_lag.labels(*labels).set(lag)
         self.lag_shown = set(shown)
 
-    async def database_ready(self) -> str | None:
-        return None if await mongo.ping(self.db) else "database unreachable"
+    def _show_assignment(self) -> None:
+        """Set how many partitions of each consumed topic this process holds: readiness
+        leaves the consumer out, so this is where a replica left without work shows."""
+        held = Counter(tp.topic for tp in self._assignment())
+        for topic in self.topics:
+            self.metrics.partitions_assigned.labels(topic).set(held[topic])
 
-    async def stream_ready(self) -> str | None:
-        if self.stream is None or kafka.is_assigned(self.stream):
-            return None
-        return "consumer has no partitions assigned yet"
+    def _assignment(self) -> set[TP]:
+        if self.stream is None:
+            return set()
+        try:
+            return set(self.stream.consumer.assignment())
+        except Exception:  # the consumer is not started yet
+            return set()
+
+    async def database_ready(self) -> str | None:
+        """Ready means able to serve the API, which needs the database. A consumer
+        without partitions is no reason to leave the load balancer: it holds none until it
+        has joined its group (which a rebalance held open delays) and none for good on a
+        replica beyond the partition count, and the API works all the same."""
+        return None if await mongo.ping(self.db) else "database unreachable"
 
 
 def service_app(
@@ -220,7 +243,8 @@ def service_app(
         for step in startup:
             await step()
         relays = [
-            OutboxRelay(outbox, runtime.settings.kafka, runtime.metrics) for outbox in every_outbox
+            OutboxRelay(outbox, runtime.settings.kafka, runtime.metrics, service=runtime.name)
+            for outbox in every_outbox
         ]
         for relay in relays:
             relay.on_broker_lost = functools.partial(
@@ -254,7 +278,7 @@ def service_app(
     app.state.access = runtime.access
     app.state.audit = runtime.audit
     install_error_handlers(app)
-    add_health_routes(app, [runtime.database_ready, runtime.stream_ready, *extra_checks])
+    add_health_routes(app, [runtime.database_ready, *extra_checks])
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in (*routers, keys_api, audit_api):
         app.include_router(router)

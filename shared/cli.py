@@ -1,6 +1,7 @@
 """The ``switchboard`` command: run the whole system on one machine, or one service.
 
-switchboard up            broker, store, the four services and the sample desk
+switchboard up            broker, store, the four services and the sample desk, each
+                          restarted with backoff if it exits (see RestartPolicy)
 switchboard serve NAME    one service (ingest, enrich, router, notify), settings from env
 switchboard desk          the sample agent desk: prints each verified webhook
 switchboard demo          register a customer, an agent, a subscription; post mentions
@@ -26,7 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.access import key_id_of
-from shared.embedded import ChildProcesses, EmbeddedStack
+from shared.embedded import Child, CrashLoopError, EmbeddedStack, Supervisor
 from shared.logging import configure_logging
 from shared.settings import LogSettings
 
@@ -83,11 +84,14 @@ def service_env(local: LocalSettings, admin_token: str) -> dict[str, str]:
             "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{local.broker_port}",
             "SWITCHBOARD_MONGO_URL": f"mongodb://127.0.0.1:{local.store_port}",
             "SWITCHBOARD_AUTH_ADMIN_TOKEN": admin_token,
-            "SWITCHBOARD_NOTIFY_ALLOW_HOSTS": json.dumps(["127.0.0.1", "localhost"]),
-            "SWITCHBOARD_INGEST_ALLOW_HOSTS": json.dumps(["127.0.0.1", "localhost"]),
             "SWITCHBOARD_LOG_JSON_OUTPUT": "true",
         }
     )
+    # Of this machine, webhooks may reach the sample desk only, and feeds nothing: not the
+    # store, the broker or a service's API. An allow-list set in the environment wins.
+    desk = [f"127.0.0.1:{local.desk_port}", f"localhost:{local.desk_port}"]
+    env.setdefault("SWITCHBOARD_NOTIFY_ALLOW_HOSTS", json.dumps(desk))
+    env.setdefault("SWITCHBOARD_INGEST_ALLOW_HOSTS", json.dumps([]))
     for service in SERVICES:
         prefix = f"SWITCHBOARD_{service.upper()}_"
         env[f"{prefix}EXPOSE_DOCS"] = "true"  # on this machine only
@@ -96,13 +100,12 @@ def service_env(local: LocalSettings, admin_token: str) -> dict[str, str]:
     return env
 
 
-def wait_ready(local: LocalSettings, children: ChildProcesses, timeout_s: float = 60.0) -> None:
+def wait_ready(local: LocalSettings, supervisor: Supervisor, timeout_s: float = 90.0) -> None:
+    """Wait until every service answers /readyz, restarting any that exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     waiting = set(SERVICES)
     while waiting:
-        for process in children.processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"{process.args!r} exited early")
+        supervisor.tend()
         for service in sorted(waiting):
             try:
                 if httpx.get(f"{local.url(service)}/readyz", timeout=1.0).status_code == 200:
@@ -165,42 +168,52 @@ def issue_key(
 
 
 def up(local: LocalSettings) -> int:
-    """Start everything, print where it listens, and stop it all on Ctrl-C or SIGTERM."""
+    """Start everything, print where it listens, restart whatever exits unexpectedly (see
+    ``RestartPolicy``), and stop it all on Ctrl-C, SIGTERM or a crash loop."""
     credentials = read_credentials(local.credentials_file)
     credentials.setdefault("SWITCHBOARD_AUTH_ADMIN_TOKEN", secrets.token_urlsafe(32))
     stack = EmbeddedStack(local.home, local.broker_port, local.store_port)
-    services = ChildProcesses()
+    supervisor = Supervisor()
     # Both signals stop everything, even where SIGINT came in ignored (a background job).
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         print(f"starting broker on :{local.broker_port} and store on :{local.store_port} ...")
-        stack.start()
+        stack.logs.mkdir(parents=True, exist_ok=True)
+        # The broker and store are restarted too: the services heal from a broker that
+        # lost its log (it keeps it in memory) and reconnect to a store that came back.
+        supervisor.start(stack.broker_child())
+        supervisor.start(stack.store_child())
         env = service_env(local, credentials["SWITCHBOARD_AUTH_ADMIN_TOKEN"])
-        logs = local.home / "logs"
-        for service in SERVICES:
-            services.start(
-                [sys.executable, "-m", "shared.cli", "serve", service],
-                (logs / f"{service}.log").open("ab"),
-                env,
-            )
-        services.start([sys.executable, "-m", "shared.cli", "desk"], None, env)
-        wait_ready(local, services)
+        for child in local_children(local, env):
+            supervisor.start(child)
+        wait_ready(local, supervisor)
         ensure_keys(local, credentials)
         write_credentials(local.credentials_file, credentials)
         print_summary(local)
-        while all(process.poll() is None for process in services.processes):
-            time.sleep(0.5)
-        print("a service stopped unexpectedly; see the logs in", logs, file=sys.stderr)
+        while True:
+            supervisor.tend()
+            time.sleep(0.25)
+    except CrashLoopError as exc:
+        print(f"{exc}; see the logs in {stack.logs}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping ...")
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
-        services.stop()
-        stack.stop()
+        supervisor.stop()
         print("stopped: no Switchboard process is left running")
+
+
+def local_children(local: LocalSettings, env: dict[str, str]) -> list[Child]:
+    """The four services, each logging to a file of its own, and the sample desk, which
+    prints to this terminal."""
+    logs = local.home / "logs"
+    serve = [sys.executable, "-m", "shared.cli", "serve"]
+    services = [Child(name, [*serve, name], logs / f"{name}.log", env) for name in SERVICES]
+    desk = Child("desk", [sys.executable, "-m", "shared.cli", "desk"], None, env)
+    return [*services, desk]
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:

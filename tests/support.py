@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, SecretStr
 
+from shared import kafka
 from shared.embedded import EmbeddedStack
 from shared.events import CloudEvent, decode, encode
 from shared.http import Server
@@ -74,14 +75,22 @@ def admin_headers() -> dict[str, str]:
 
 @asynccontextmanager
 async def client_of(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Serve ``app`` over real HTTP and wait until its /readyz says ready."""
+    """Serve ``app`` over real HTTP and wait until its /readyz says ready and its
+    consumers hold partitions (which readiness leaves out)."""
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
         await eventually(lambda: _is_ready(http))
+        await eventually(lambda: consuming(app))
         yield http
 
 
 async def _is_ready(http: httpx.AsyncClient) -> bool:
     return (await http.get("/readyz")).status_code == 200
+
+
+async def consuming(app: FastAPI) -> bool:
+    """Whether a service app's consumer holds partitions (true where it consumes nothing)."""
+    runtime = getattr(app.state, "runtime", None)
+    return runtime is None or runtime.stream is None or kafka.is_assigned(runtime.stream)
 
 
 @asynccontextmanager

@@ -140,6 +140,17 @@ def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return producer
 
 
+async def started_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    """A producer connected to the brokers (stopped again if it could not start)."""
+    producer = create_producer(settings)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
 _LOST = (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT)
 
 # Refusals of a record or of its topic as such (by the broker, or by the producer before
@@ -729,13 +740,7 @@ class DeadLetters:
         if self._producer is None:
             # As the relay does: a broker that lost its topics gets them back first.
             await ensure_topics(self.settings, [self.topic])
-            producer = create_producer(self.settings)
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await started_producer(self.settings)
         return self._producer
 
     async def close(self) -> None:

@@ -45,11 +45,11 @@ from shared.events import CloudEvent, Model, derived_event_id, encode, utcnow
 from shared.grouping import GroupWriter
 from shared.kafka import (
     check_topic_name,
-    create_producer,
     end_offsets,
     ensure_topics,
     is_valid_topic_name,
     refused_for_good,
+    started_producer,
 )
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
@@ -1001,13 +1001,7 @@ class OutboxRelay:
 
     async def _connected_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = create_producer(self.settings)
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await started_producer(self.settings)
         return self._producer
 
     async def _drop_producer(self) -> None:

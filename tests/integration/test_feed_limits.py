@@ -264,7 +264,7 @@ async def test_deleting_a_feed_stops_its_download_at_once(
         deleted = await ingest.http.delete(f"/v1/feeds/{feed_id}", headers=admin_headers())
         started = time.monotonic()
         # About a second is what it takes; the margin is for a machine under load.
-        await eventually(lambda: seen(server.closed, "/slow.xml"), timeout_s=5)
+        await eventually(lambda: seen(server.closed, "/slow.xml"), timeout_s=15)
         took = time.monotonic() - started
 
     assert deleted.status_code == 204

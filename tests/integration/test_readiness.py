@@ -57,31 +57,23 @@ async def test_an_ingest_replica_beyond_the_partition_count_is_ready_and_takes_p
     first, second = create_app(settings), create_app(settings)
     async with AsyncExitStack() as running:
         first_http = await running.enter_async_context(client_of(first))
-        consumed = len(first.state.runtime.topics)
+        consumed = first.state.runtime.topics
 
         async def all_partitions_shown() -> bool:  # one of each consumed topic
+            # The gauge is the process's, shown for earlier tests' topics too: this one's only.
             shown = "switchboard_ingest_partitions_assigned"
-            return await metric_sum(first_http, "/metrics", shown) == consumed
+            held = [await metric_sum(first_http, "/metrics", shown, topic=t) for t in consumed]
+            return held == [1] * len(consumed)
 
         await eventually(all_partitions_shown, timeout_s=30)
         second_http = await running.enter_async_context(replica(second))
         key = await publisher_key(second_http)
         await eventually(lambda: consuming(first), timeout_s=60)
 
-        deadline = time.monotonic() + 10.0
-        posted = 0
-        while time.monotonic() < deadline:  # a while, across any rebalance the join brought
-            assert not holds_partitions(second)
-            for http in (first_http, second_http):
-                ready = await http.get("/readyz")
-                assert ready.status_code == 200, ready.text
-            answer = await second_http.post(
-                "/v1/interactions",
-                json=mention(f"beyond-{posted}"),
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            assert answer.status_code == 202, answer.text
-            posted += 1
+        # A while, across any rebalance the join brought.
+        await ready_and_posting(
+            [first_http, second_http], posting=[second_http], idle=[second], key=key
+        )
 
 
 @pytest.mark.timeout(300)
@@ -102,22 +94,35 @@ async def test_ingest_replicas_that_start_while_a_rebalance_is_held_open_serve_a
         second_http = await running.enter_async_context(started_replica(second))
         await eventually(lambda: rebalance_held(settings.kafka, stuck, members=3), 60)
 
-        deadline = time.monotonic() + 10.0
-        posted = 0
-        while time.monotonic() < deadline:  # a while, the rebalance held open throughout
-            assert not holds_partitions(first)
-            assert not holds_partitions(second)
-            for http in (first_http, second_http):
-                ready = await http.get("/readyz")
-                assert ready.status_code == 200, ready.text
-                answer = await http.post(
-                    "/v1/interactions",
-                    json=mention(f"held-{posted}"),
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                assert answer.status_code == 202, answer.text
-                posted += 1
+        replicas = [first_http, second_http]
+        await ready_and_posting(replicas, posting=replicas, idle=[first, second], key=key)
         assert await rebalance_held(settings.kafka, stuck, members=3)
+
+
+async def ready_and_posting(
+    ready: list[httpx.AsyncClient],
+    posting: list[httpx.AsyncClient],
+    idle: list[FastAPI],
+    key: str,
+    for_s: float = 10.0,
+) -> None:
+    """For ``for_s``, again and again: the ``idle`` replicas hold no partitions, the
+    ``ready`` ones answer /readyz with 200, and the ``posting`` ones take a post (202)."""
+    deadline = time.monotonic() + for_s
+    posted = 0
+    while time.monotonic() < deadline:
+        assert not any(holds_partitions(app) for app in idle)
+        for http in ready:
+            answer = await http.get("/readyz")
+            assert answer.status_code == 200, answer.text
+        for http in posting:
+            answer = await http.post(
+                "/v1/interactions",
+                json=mention(f"post-{posted}"),
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert answer.status_code == 202, answer.text
+            posted += 1
 
 
 @asynccontextmanager

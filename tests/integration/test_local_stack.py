@@ -160,17 +160,16 @@ async def test_each_service_killed_under_switchboard_up_comes_back_and_nothing_i
     assert up.returncode == 0, terminal(system.home)
 
 
-async def test_the_broker_and_store_killed_under_switchboard_up_come_back_and_nothing_is_lost(
+async def test_the_store_killed_under_switchboard_up_comes_back_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
-    """The store keeps its files; the broker, memory-only, comes back empty, and the
-    services publish again what it lost and read their topics again."""
+    """The store keeps its files: what was stored before is there when it is back. (The
+    broker's restart, which empties it, is the fault suite's.)"""
     async with switchboard_up(tmp_path / "home") as (system, up):
         publisher = Publisher(system, "local-stack-parts")
-        for n, child in enumerate(("store", "broker")):
-            await publisher.post(range(n * BATCH, (n + 1) * BATCH))
-            await kill_and_see_it_back(system, up, child)
-        await publisher.post(range(2 * BATCH, 3 * BATCH))
+        await publisher.post(range(BATCH))
+        await kill_and_see_it_back(system, up, "store")
+        await publisher.post(range(BATCH, 2 * BATCH))
 
         await all_delivered(system, set(publisher.ids.values()), timeout_s=180)
 

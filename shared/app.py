@@ -21,7 +21,7 @@ from typing import Any
 import faust
 from aiokafka import TopicPartition
 from fastapi import APIRouter, FastAPI
-from faust.contrib.asgi import faust_app_running
+from faust.contrib.asgi import bind_to_running_loop
 from faust.types import TP
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -62,6 +62,8 @@ class Runtime:
     audit: AuditLog
     spans: Spans = field(default_factory=Spans)
     stream: faust.App | None = None
+    streaming: bool = False  # the stream app's start has returned: it is running
+    stream_failure: str | None = None  # why the stream app failed to start, if it did
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     rewind_owed: bool = False  # the broker lost its log and the consumers must read again
     topics: set[str] = field(default_factory=set)  # those consumed
@@ -209,6 +211,13 @@ class Runtime:
         except Exception:  # the consumer is not started yet
             return set()
 
+    async def stream_alive(self) -> str | None:
+        """A stream app that failed to start consumes nothing until the process restarts
+        (the API would go on serving): liveness fails, so that the platform restarts it."""
+        if self.stream_failure is None:
+            return None
+        return f"the stream app failed to start: {self.stream_failure}"
+
     async def database_ready(self) -> str | None:
         """Ready means able to serve the API, which needs the database. A consumer
         without partitions is no reason to leave the load balancer: it holds none until it
@@ -256,7 +265,7 @@ def service_app(
             *(asyncio.create_task(work()) for work in background),
         ]
         try:
-            async with _stream_running(runtime.stream):
+            async with _stream_running(runtime):
                 log.info("service started", service=runtime.name, port=runtime.settings.port)
                 yield
         finally:
@@ -278,7 +287,7 @@ def service_app(
     app.state.access = runtime.access
     app.state.audit = runtime.audit
     install_error_handlers(app)
-    add_health_routes(app, [runtime.database_ready, *extra_checks])
+    add_health_routes(app, [runtime.database_ready, *extra_checks], [runtime.stream_alive])
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in (*routers, keys_api, audit_api):
         app.include_router(router)
@@ -321,12 +330,36 @@ async def broker_lost(
 
 
 @asynccontextmanager
-async def _stream_running(stream: faust.App | None) -> AsyncIterator[Any]:
+async def _stream_running(runtime: Runtime, stop_timeout_s: float = 15.0) -> AsyncIterator[None]:
+    """Run the runtime's stream app while the block runs, without waiting for its start:
+    Faust's start returns only once the consumer has its first assignment, which a
+    rebalance held open delays for as long as it lasts, and the API serves meanwhile."""
+    stream = runtime.stream
     if stream is None:
-        yield None
+        yield
         return
-    async with faust_app_running(stream, stop_timeout=15.0) as running:
-        yield running
+    bind_to_running_loop(stream)
+    stream.finalize()
+    starting = asyncio.create_task(_start_stream(runtime, stream))
+    try:
+        yield
+    finally:
+        try:
+            # Stopping also ends a start still waiting for its first assignment.
+            await asyncio.wait_for(stream.stop(), stop_timeout_s)
+        finally:
+            await _cancel([starting])
+
+
+async def _start_stream(runtime: Runtime, stream: faust.App) -> None:
+    try:
+        await stream.maybe_start()
+    except Exception as exc:  # /healthz says so, for the platform to restart the process
+        log.error("the stream app failed to start", service=runtime.name, error=repr(exc))
+        runtime.stream_failure = repr(exc)
+        return
+    runtime.streaming = not stream.should_stop
+    log.info("consumer joined its group", service=runtime.name)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.access import key_id_of
 from shared.embedded import Child, CrashLoopError, EmbeddedStack, Supervisor
+from shared.http import KEEP_ALIVE_S
 from shared.logging import configure_logging
 from shared.settings import LogSettings
 
@@ -267,6 +268,7 @@ def serve(service: str) -> int:
         http="httptools",
         log_config=None,
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     return 0
 

@@ -165,10 +165,18 @@ def public(doc: dict[str, Any], hide: Sequence[str] = ()) -> dict[str, Any]:
     return {"id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id" and k not in hide}}
 
 
-def add_health_routes(app: FastAPI, checks: Sequence[ReadinessCheck]) -> None:
+def add_health_routes(
+    app: FastAPI, checks: Sequence[ReadinessCheck], liveness: Sequence[ReadinessCheck] = ()
+) -> None:
+    """``/readyz``: 503 with the reasons while a check fails. ``/healthz``: 503 when the
+    process is alive but broken for good, which a restart mends (``liveness``)."""
+
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    async def healthz() -> JSONResponse:
+        reasons = [reason for reason in await asyncio.gather(*(c() for c in liveness)) if reason]
+        if reasons:
+            return JSONResponse(status_code=503, content={"status": "broken", "reasons": reasons})
+        return JSONResponse(content={"status": "alive"})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
@@ -226,11 +234,25 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+# How long an idle keep-alive connection stays open. Longer than the idle limit of the
+# clients and load balancers in front (httpx 5 s, cloud load balancers 60 s): the client
+# closes first, and never sends a request on a connection the server is closing, which
+# it would see as a dropped connection (uvicorn's own default is the same 5 s as httpx's).
+KEEP_ALIVE_S = 75
+
+
 class Server:
     """One uvicorn server on the running loop; port 0 picks a free port."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            lifespan="on",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         self.server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -88,9 +88,12 @@ async def _is_ready(http: httpx.AsyncClient) -> bool:
 
 
 async def consuming(app: FastAPI) -> bool:
-    """Whether a service app's consumer holds partitions (true where it consumes nothing)."""
+    """Whether a service app's stream app has started and its consumer holds partitions
+    (true where it consumes nothing): the API serves before either."""
     runtime = getattr(app.state, "runtime", None)
-    return runtime is None or runtime.stream is None or kafka.is_assigned(runtime.stream)
+    if runtime is None or runtime.stream is None:
+        return True
+    return bool(runtime.streaming) and kafka.is_assigned(runtime.stream)
 
 
 @asynccontextmanager

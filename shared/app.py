@@ -29,6 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared import kafka, mongo
 from shared.access import AccessKeys, keys_api, require_access_rules
 from shared.audit import AuditLog, AuditTrail, audit_api
+from shared.emit import Emitter
 from shared.events import AccessKey
 from shared.http import BodyLimit, ReadinessCheck, add_health_routes, install_error_handlers
 from shared.logging import configure_logging, get_logger
@@ -56,7 +57,8 @@ class Runtime:
     settings: ServiceSettings
     client: AsyncMongoClient[mongo.Document]
     db: AsyncDatabase[mongo.Document]
-    outbox: Outbox
+    outbox: Outbox  # events whose trigger is a request
+    emitter: Emitter  # events derived from consumed records (see shared.emit)
     metrics: ServiceMetrics
     access: AccessKeys
     audit: AuditLog
@@ -79,7 +81,10 @@ class Runtime:
         access = AccessKeys(
             db, outbox, settings.kafka.topics, settings.auth.admin_token, service=name
         )
-        runtime = cls(name, settings, client, db, outbox, metrics, access, AuditLog(db), spans)
+        emitter = Emitter(settings.kafka, metrics)
+        runtime = cls(
+            name, settings, client, db, outbox, emitter, metrics, access, AuditLog(db), spans
+        )
         runtime.consume(
             settings.kafka.topics.access_keys,
             kafka.decoded(AccessKey, access.apply, metrics),
@@ -270,6 +275,7 @@ def service_app(
                 yield
         finally:
             await _cancel(runtime.tasks)
+            await runtime.emitter.close()
             await runtime.client.close()
             runtime.spans.shutdown()
             log.info("service stopped", service=runtime.name)

@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import faust
@@ -556,11 +556,18 @@ async def _answers() -> bool:
 OUTAGES: tuple[type[BaseException], ...] = (PyMongoError, KafkaError, OSError, TimeoutError)
 
 
+class OutputRefused(ValueError):
+    """The broker refuses for good an event a handler derived from its record: the record
+    is poison, not the broker away, whatever Kafka error this was raised from."""
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc``, or an error it was raised from or while handling, is an outage."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
+        if isinstance(current, OutputRefused):
+            return False
         if isinstance(current, OUTAGES):
             return True
         seen.add(id(current))
@@ -674,6 +681,8 @@ DEAD_PARTITION = "switchboard-dead-partition"
 DEAD_OFFSET = "switchboard-dead-offset"
 DEAD_CONSUMER = "switchboard-dead-consumer"
 DEAD_AT = "switchboard-dead-at"
+DEAD_VALUE_LEFT_OUT = "switchboard-dead-value-left-out"  # its size, where it did not fit
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 _DEAD_ACK_WAIT_S = 30.0  # aiokafka's sends can wait for ever (aio-libs/aiokafka#1101)
 
 
@@ -694,10 +703,18 @@ class DeadLetters:
         """Send ``raw`` to the dead-letter topic, retrying until the broker acknowledged it:
         its offset may not be committed before."""
         delay = 0.1
+        whole = True
         while True:
             try:
-                await self.send(raw, reason)
+                await self.send(raw if whole else _value_left_out(raw), reason)
                 break
+            except TOO_LARGE as exc:
+                if not whole:
+                    raise
+                # The record and the headers added to it are more than the broker takes:
+                # it goes without its value, which stays on its topic at the offset named.
+                log.warning("dead letter too large: sent without its value", error=repr(exc))
+                whole = False
             except (KafkaError, OSError, TimeoutError) as exc:
                 # Refused for good too (a topic or ACL missing): the partition waits, and
                 # its lag shows, until an operator fixes it; the record is never skipped.
@@ -748,6 +765,11 @@ class DeadLetters:
         if producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 5.0)
+
+
+def _value_left_out(raw: RawEvent) -> RawEvent:
+    left_out = (DEAD_VALUE_LEFT_OUT, str(len(raw.value)).encode())
+    return replace(raw, value=b"", headers=[*raw.headers, left_out])
 
 
 def decoded(

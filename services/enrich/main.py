@@ -16,7 +16,7 @@ def create_app(settings: EnrichSettings) -> FastAPI:
     repository = EnrichRepository(runtime.db)
     service = EnrichService(
         repository,
-        runtime.outbox,
+        runtime.emitter,
         settings.kafka.topics,
         create_analyzer(settings.sentiment_analyzer),
         detector=LanguageDetector(settings.language_min_probability),

@@ -41,6 +41,7 @@ from services.enrich.sentiment import (
     unscored,
 )
 from services.enrich.signals import IntentRules, influence, urgency
+from shared.emit import Emitter
 from shared.events import (
     INTERACTION_ENRICHED,
     Channel,
@@ -55,7 +56,6 @@ from shared.events import (
 from shared.identity import collapsed_identities, normalise_identity
 from shared.logging import get_logger, handling
 from shared.mongo import Document, epoch_ms
-from shared.outbox import Outbox
 from shared.topics import Topics
 from shared.tracing import Spans, child_of, trace_id
 
@@ -212,7 +212,7 @@ class EnrichService:
     def __init__(
         self,
         repository: EnrichRepository,
-        outbox: Outbox,
+        emitter: Emitter,
         topics: Topics,
         analyzer: SentimentAnalyzer,
         *,
@@ -224,7 +224,7 @@ class EnrichService:
         merge_abandoned_after_s: float = 60.0,
     ) -> None:
         self.repository = repository
-        self.outbox = outbox
+        self.emitter = emitter
         self.topics = topics
         self.analyzer = analyzer
         self.detector = detector or LanguageDetector()
@@ -482,8 +482,7 @@ class EnrichService:
         if customer is None:
             return False
         erased = await self.repository.erase(customer["_id"])
-        forgotten = await self.outbox.forget(customer["_id"])  # enriched events, keyed by customer
-        log.info("customer erased", customer_id=customer["_id"], events_forgotten=forgotten)
+        log.info("customer erased", customer_id=customer["_id"])
         return erased
 
     # -- identities stored under an earlier rule -----------------------------------
@@ -654,17 +653,13 @@ class EnrichService:
     # -- the stream ---------------------------------------------------------------
 
     async def enrich_batch(self, received: Sequence[CloudEvent[Interaction]]) -> None:
-        """Enrich a consumed batch: authors resolved together, the enriched events and
-        post counts stored together, in a few store round trips per batch. A post
-        delivered again (a retried batch, a restart, a rebalance, a topic read again) is
-        enriched again, but its author's history counts it once and the outbox keeps its
-        first event: a post whose event the outbox holds was counted, and one counted
-        whose event is not stored yet (a batch that failed midway) is among its author's
-        latest counted posts, which the count skips."""
-        profiles, enriched_before = await asyncio.gather(
-            self.resolve_batch([event.data for event in received]),
-            self.outbox.stored_among([enriched_event_id(event) for event in received]),
-        )
+        """Enrich a consumed batch: authors resolved together, post counts stored in one
+        bulk write, the enriched events sent straight to the broker (``shared.emit``).
+        A post delivered again (a retried batch, a restart, a rebalance, a topic read
+        again) is enriched again and sent again under the same event id, which the router
+        drops; its author's history counts it once while it is among the author's latest
+        counted posts (``RECENT_POSTS_KEPT``)."""
+        profiles = await self.resolve_batch([event.data for event in received])
         posts_seen: collections.Counter[str] = (
             collections.Counter()
         )  # this batch's earlier posts by each customer
@@ -677,8 +672,7 @@ class EnrichService:
             ):
                 started = time.perf_counter()
                 posts = int(profile.get("posts", 0)) + posts_seen[profile["_id"]]
-                counted = enriched_event_id(event) in enriched_before
-                if not counted and event.data.id not in new_posts:
+                if event.data.id not in new_posts:
                     new_posts[event.data.id] = profile["_id"]
                     posts_seen[profile["_id"]] += 1
                 enriched = self.enrich(event.data, profile, posts)
@@ -693,7 +687,7 @@ class EnrichService:
                 (self.topics.enriched, enriched.customer.id, enriched_event(event, enriched))
             )
         await self.repository.count_posts(new_posts, self.prospect_followers(received, profiles))
-        await self.outbox.add(entries)
+        await self.emitter.emit(entries)
 
     def enrich(
         self, interaction: Interaction, customer: Document, posts: int

@@ -1,4 +1,4 @@
-"""Enrich's consumer: received interactions in, enriched interactions (via the outbox) out."""
+"""Enrich's consumer: received interactions in, enriched interactions out."""
 
 from __future__ import annotations
 

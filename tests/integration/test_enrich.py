@@ -17,31 +17,33 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.enrich.config import EnrichSettings
 from services.enrich.main import create_app
-from services.enrich.repository import RECENT_POSTS_KEPT, EnrichRepository
+from services.enrich.repository import EnrichRepository
 from services.enrich.service import EnrichService
 from services.enrich.signals import HIGH_INFLUENCE
 from shared.embedded import EmbeddedStack
+from shared.emit import Emitter
 from shared.events import (
     INTERACTION_RECEIVED,
     Channel,
     CloudEvent,
     EnrichedInteraction,
     Interaction,
+    encode,
     utcnow,
 )
 from shared.identity import normalise_identity
 from shared.mongo import epoch_ms
-from shared.outbox import Outbox, entry_value
 from shared.settings import TracingSettings
 from shared.tracing import start_trace, trace_id
+from tests.integration.test_dead_letters import read_records
 from tests.support import (
     admin_headers,
     client_of,
+    eventually,
     publish,
     read_topic,
     receiving,
@@ -155,13 +157,21 @@ async def test_scores_sentiment_and_flags_intents(enrich: Enrich) -> None:
     assert result.urgency == "high"
 
 
-async def test_redelivered_event_yields_one_enriched_event(enrich: Enrich) -> None:
+async def test_a_redelivered_post_is_enriched_again_under_the_same_event_id(
+    enrich: Enrich,
+) -> None:
+    """No outbox remembers what was sent: the repeat goes out again, as the router,
+    which drops an event it has by its interaction id, expects."""
     post = interaction("@twice")
     await enrich.send(post, post)
 
-    results = await enrich.enriched(1, settle_s=2.0)
+    events = await read_topic(
+        enrich.settings.kafka, enrich.settings.kafka.topics.enriched, EnrichedInteraction, 2
+    )
 
-    assert [r.interaction.id for r in results] == [post.id]
+    assert [event.data.interaction.id for _, event in events] == [post.id, post.id]
+    assert events[0][1].id == events[1][1].id
+    assert (await profile(enrich, events[0][1].data.customer.id))["posts"] == 1
 
 
 async def test_an_identity_belongs_to_one_customer(enrich: Enrich) -> None:
@@ -262,6 +272,19 @@ async def test_a_merged_profiles_old_id_resolves_to_the_survivor(enrich: Enrich)
     assert result.customer.tier == "platinum"
 
 
+async def everything_stored(enrich: Enrich) -> str:
+    """Every document of enrich's database, as one text."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        enrich.settings.mongo.url.get_secret_value()
+    )
+    try:
+        db = client[enrich.settings.mongo.database("enrich")]
+        collections = await db.list_collection_names()
+        return repr([[doc async for doc in db[name].find({})] for name in collections])
+    finally:
+        await client.close()
+
+
 async def test_an_erased_customers_later_post_carries_no_trace_of_them(enrich: Enrich) -> None:
     ada = await create(
         enrich,
@@ -280,16 +303,13 @@ async def test_an_erased_customers_later_post_carries_no_trace_of_them(enrich: E
     gone = await enrich.http.get(f"/v1/customers/{ada['id']}", headers=admin_headers())
     await enrich.send(interaction("@ada_l", email="ada@example.com"))
     result = await enrich.enriched_since(before)
-    outbox: AsyncCollection[dict[str, Any]] = AsyncMongoClient(
-        enrich.settings.mongo.url.get_secret_value()
-    )[enrich.settings.mongo.database("enrich")]["outbox"]
-    kept = [doc async for doc in outbox.find({})]
+    kept = await everything_stored(enrich)
     stored = await enrich.http.get(f"/v1/customers/{result.customer.id}", headers=admin_headers())
 
     assert before.customer.id == ada["id"]
     assert erased.status_code == 204
     assert gone.status_code == 404
-    assert not any(b"Ada's own words" in entry_value(doc) for doc in kept)
+    assert "Ada's own words" not in kept
     assert result.customer.id != ada["id"]
     assert result.customer.prospect
     assert result.customer.value == 0
@@ -890,45 +910,29 @@ async def test_a_redelivered_post_counts_once_in_its_authors_history(enrich: Enr
     # handle is one partition, so once ``later`` is enriched the repeats were handled.
     await enrich.send(post)
     await enrich.send(post, post, later)
-    results = await enrich.enriched(2)
+    results = await enrich.enriched(5)  # each delivery enriched and sent again
 
-    assert [r.interaction.id for r in results] == [post.id, later.id]
+    assert [r.interaction.id for r in results] == [post.id] * 4 + [later.id]
     assert (await profile(enrich, first.customer.id))["posts"] == 2
 
 
 async def test_a_batch_that_failed_after_counting_counts_once_when_retried(
     enrich: Enrich, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    add = Outbox.add
-    failures = [RuntimeError("the store went away")]
+    emit = Emitter.emit
+    failures = [RuntimeError("the broker went away")]
 
-    async def fails_once(self: Outbox, *args: Any, **kwargs: Any) -> Any:
+    async def fails_once(self: Emitter, *args: Any, **kwargs: Any) -> Any:
         if failures:  # the posts are counted; the batch fails before it is acknowledged
             raise failures.pop()
-        return await add(self, *args, **kwargs)
+        return await emit(self, *args, **kwargs)
 
-    monkeypatch.setattr(Outbox, "add", fails_once)
+    monkeypatch.setattr(Emitter, "emit", fails_once)
     await enrich.send(interaction("@retried"))
     [result] = await enrich.enriched(1)
 
     assert not failures
     assert (await profile(enrich, result.customer.id))["posts"] == 1
-
-
-async def test_a_post_redelivered_after_many_more_of_its_author_counts_once(
-    enrich: Enrich,
-) -> None:
-    """Past the latest posts a profile keeps, as when a topic is read again from its
-    start: the outbox, which holds the post's enriched event, tells it was counted."""
-    first = interaction("@chatty")
-    more = [interaction("@chatty") for _ in range(RECENT_POSTS_KEPT + 2)]
-    await enrich.send(first, *more)
-    results = await enrich.enriched(len(more) + 1)
-    last = interaction("@chatty")
-    await enrich.send(first, last)  # one handle, one partition: in this order
-    await enrich.enriched(len(more) + 2)
-
-    assert (await profile(enrich, results[0].customer.id))["posts"] == len(more) + 2
 
 
 async def test_one_post_in_concurrent_batches_counts_once(enrich: Enrich) -> None:
@@ -1087,3 +1091,40 @@ async def test_a_merge_under_way_still_holds_its_profiles(
 
     assert (waiting.status_code, waiting.json()["detail"][0]["field"]) == (409, "customer_id")
     assert f"a merge of nobody into {ada['id']}" in waiting.json()["detail"][0]["reason"]
+
+
+async def test_a_post_whose_enriched_event_the_broker_refuses_is_dead_lettered_and_the_rest_go_on(
+    stack: EmbeddedStack, namespace: str, run_dir: Path
+) -> None:
+    """The enriched event is larger than the post's: a broker whose largest record lies
+    between the two takes the post and refuses what enrich derives from it, for good."""
+    big = interaction("@verbose", text="Where is my parcel? " * 40)
+    received = encode(
+        CloudEvent[Interaction](id=big.id, source="/test", type=INTERACTION_RECEIVED, data=big),
+        "twitter:verbose",
+    )
+    settings = service_settings(EnrichSettings, stack, namespace, run_dir)
+    limited = settings.kafka.model_copy(
+        update={"max_message_bytes": len(received.value) + 200, "attempts_before_dead_letter": 2}
+    )
+    settings = settings.model_copy(update={"kafka": limited})
+    app = create_app(settings)
+    async with client_of(app) as http:
+        enrich = Enrich(http, settings, app.state.service)
+        small = [interaction("@verbose") for _ in range(3)]
+        await enrich.send(small[0], big, *small[1:])
+
+        async def the_rest_enriched() -> bool:
+            # Sends before the refusal went out, and again as the records were retried.
+            enriched = [result.interaction.id for result in await enrich.enriched(1)]
+            return list(dict.fromkeys(enriched)) == [post.id for post in small]
+
+        await eventually(the_rest_enriched, timeout_s=60)
+        [dead] = await read_records(limited, limited.topics.consumed_dead, expect=1)
+
+    headers = {name: value.decode() for name, value in dead.headers}
+    assert headers["ce_id"] == big.id
+    # The post with the dead letter's headers is over the limit too: it goes without it.
+    assert headers["switchboard-dead-value-left-out"] == str(len(received.value))
+    assert dead.value == b""
+    assert headers["switchboard-dead-reason"].startswith("OutputRefused: the broker refuses")

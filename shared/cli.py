@@ -1,7 +1,7 @@
 """The ``switchboard`` command: run the whole system on one machine, or one service.
 
-switchboard up            broker, store, the four services and the sample desk, each
-                          restarted with backoff if it exits (see RestartPolicy)
+switchboard up            broker, a store per service, the four services and the sample
+                          desk, each restarted with backoff if it exits (RestartPolicy)
 switchboard serve NAME    one service (ingest, enrich, router, notify), settings from env
 switchboard desk          the sample agent desk: prints each verified webhook
 switchboard demo          register a customer, an agent, a subscription; post mentions
@@ -52,6 +52,15 @@ class LocalSettings(BaseSettings):
     def port(self, service: str) -> int:
         port: int = getattr(self, f"{service}_port")
         return port
+
+    def store_port_of(self, service: str) -> int:
+        """Each service's database has a store process of its own, as production gives
+        each its own database, so that no service's writes wait behind another's: on
+        ``store_port`` and the next three ports, in the order of ``SERVICES``."""
+        return self.store_port + SERVICES.index(service)
+
+    def store_url_of(self, service: str) -> str:
+        return f"mongodb://127.0.0.1:{self.store_port_of(service)}"
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.port(service)}"
@@ -179,12 +188,17 @@ def up(local: LocalSettings) -> int:
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        print(f"starting broker on :{local.broker_port} and store on :{local.store_port} ...")
+        last_store = local.store_port_of(SERVICES[-1])
+        print(
+            f"starting broker on :{local.broker_port} and a store per service on "
+            f":{local.store_port}-{last_store} ..."
+        )
         stack.logs.mkdir(parents=True, exist_ok=True)
-        # The broker and store are restarted too: the services heal from a broker that
+        # The broker and stores are restarted too: the services heal from a broker that
         # lost its log (it keeps it in memory) and reconnect to a store that came back.
         supervisor.start(stack.broker_child())
-        supervisor.start(stack.store_child())
+        for service in SERVICES:
+            supervisor.start(stack.store_child(f"store-{service}", local.store_port_of(service)))
         env = service_env(local, credentials["SWITCHBOARD_AUTH_ADMIN_TOKEN"])
         for child in local_children(local, env):
             supervisor.start(child)
@@ -208,11 +222,19 @@ def up(local: LocalSettings) -> int:
 
 
 def local_children(local: LocalSettings, env: dict[str, str]) -> list[Child]:
-    """The four services, each logging to a file of its own, and the sample desk, which
-    prints to this terminal."""
+    """The four services, each logging to a file of its own and with a store of its own,
+    and the sample desk, which prints to this terminal."""
     logs = local.home / "logs"
     serve = [sys.executable, "-m", "shared.cli", "serve"]
-    services = [Child(name, [*serve, name], logs / f"{name}.log", env) for name in SERVICES]
+    services = [
+        Child(
+            name,
+            [*serve, name],
+            logs / f"{name}.log",
+            env | {"SWITCHBOARD_MONGO_URL": local.store_url_of(name)},
+        )
+        for name in SERVICES
+    ]
     desk = Child("desk", [sys.executable, "-m", "shared.cli", "desk"], None, env)
     return [*services, desk]
 
@@ -226,7 +248,9 @@ def print_summary(local: LocalSettings) -> None:
     for service in SERVICES:
         print(f"  {service:<7} {local.url(service)}   (docs: {local.url(service)}/docs)")
     print(f"  desk    {local.url('desk')}/webhooks   (prints each offer it receives)")
-    print(f"  broker  127.0.0.1:{local.broker_port}   store mongodb://127.0.0.1:{local.store_port}")
+    print(f"  broker  127.0.0.1:{local.broker_port}")
+    for service in SERVICES:
+        print(f"  store   {local.store_url_of(service)}   ({service}'s database)")
     print(f"\n  credentials: {local.credentials_file}   logs: {local.home / 'logs'}")
     print("  try it: `make demo` in another terminal. Ctrl-C stops everything.\n", flush=True)
 

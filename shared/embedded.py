@@ -30,6 +30,24 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive ports free on this machine now."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + count <= 65536 and all(_is_free(first + n) for n in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -313,24 +331,27 @@ class EmbeddedStack:
         store = self.store_child()
         store.wait_listening(self.children.launch(store), timeout_s)
 
-    def store_child(self) -> Child:
-        store_dir = self.data_dir / "store"
+    def store_child(self, name: str = "store", port: int | None = None) -> Child:
+        """A store process named ``name`` (its files in ``data_dir``/``name``), on ``port``
+        (``store_port`` unless given)."""
+        port = self.store_port if port is None else port
+        store_dir = self.data_dir / name
         store_dir.mkdir(parents=True, exist_ok=True)
         return Child(
-            "store",
+            name,
             [
                 _executable("nx-27017"),
                 "--data-dir",
                 str(store_dir),
                 "-p",
-                str(self.store_port),
+                str(port),
                 "--log-file",
-                str(self.logs / "store.log"),
+                str(self.logs / f"{name}.log"),
                 "--pid-file",
-                str(self.data_dir / "store.pid"),
+                str(self.data_dir / f"{name}.pid"),
             ],
-            self.logs / "store.out",
-            port=self.store_port,
+            self.logs / f"{name}.out",
+            port=port,
         )
 
     def stop(self) -> None:

@@ -50,7 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.cli import SERVICES, LocalSettings, read_credentials
-from shared.embedded import free_port
+from shared.embedded import free_port, free_ports
 from tests.bench.ingest_bench import mention
 from tests.support import children_of
 
@@ -432,8 +432,8 @@ def process_name(pid: int) -> str:
         return words[words.index("serve") + 1]
     if "desk" in words:
         return "sample desk"
-    if any("nx-27017" in w for w in words):
-        return "store"
+    if any("nx-27017" in w for w in words):  # a service's store, named by its folder
+        return Path(words[words.index("--data-dir") + 1]).name
     if "broker" in words:
         return "broker"
     if "tests.bench.baseline" in words:
@@ -497,6 +497,7 @@ class Stack:
 def switchboard_up(home: Path) -> Iterator[Stack]:
     env = dict(os.environ, SWITCHBOARD_HOME=str(home), **STACK_OVERRIDES)
     env.update({f"SWITCHBOARD_{name.upper()}_PORT": str(free_port()) for name in PORTS})
+    env["SWITCHBOARD_STORE_PORT"] = str(free_ports(len(SERVICES)))  # one store per service
     local = LocalSettings.model_validate(
         {"home": home}
         | {f"{name}_port": int(env[f"SWITCHBOARD_{name.upper()}_PORT"]) for name in PORTS}

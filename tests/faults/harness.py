@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI, Request, Response
 
 from shared.cli import SERVICES, LocalSettings, service_env
-from shared.embedded import EmbeddedStack, free_port
+from shared.embedded import EmbeddedStack, free_port, free_ports
 from shared.http import Server
 from shared.settings import KafkaSettings
 from tests.support import ADMIN_TOKEN, admin_headers, eventually, kafka_settings, metric_sum
@@ -103,7 +103,7 @@ class System:
             [sys.executable, "-m", "shared.cli", "serve", service],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env=self.env | {"SWITCHBOARD_MONGO_URL": self.local.store_url_of(service)},
         )
 
     def kill(self, service: str) -> None:
@@ -213,7 +213,8 @@ async def running(
     # The desk's port is the one webhooks are allowed to reach on this machine.
     ports = {f"{name}_port": free_port() for name in SERVICES} | {"desk_port": desk.port}
     local = LocalSettings.model_validate(
-        {"home": home, "broker_port": stack.broker_port, "store_port": stack.store_port} | ports
+        {"home": home, "broker_port": stack.broker_port, "store_port": free_ports(len(SERVICES))}
+        | ports
     )
     env = (
         service_env(local, ADMIN_TOKEN)
@@ -231,8 +232,10 @@ async def running(
     )
     kafka = kafka_settings(stack.bootstrap_servers, namespace)
     system = System(stack, kafka, home, local, env, desk)
+    stores = EmbeddedStack(home / "stores", store_port=local.store_port)
     await system.desk.up()
     try:
+        start_stores(stores, local)
         for service in SERVICES:
             system.start(service)
         await system.ready(*SERVICES)
@@ -248,6 +251,15 @@ async def running(
     finally:
         system.stop()
         await system.desk.down()
+        stores.stop()
+
+
+def start_stores(stores: EmbeddedStack, local: LocalSettings) -> None:
+    """A store per service, as `switchboard up` runs them."""
+    stores.logs.mkdir(parents=True, exist_ok=True)
+    for service in SERVICES:
+        store = stores.store_child(f"store-{service}", local.store_port_of(service))
+        store.wait_listening(stores.children.launch(store), 30.0)
 
 
 def mention(n: int, run: str, poisoned: bool = False) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from shared.cli import SERVICES, LocalSettings, read_credentials, write_credentials
-from shared.embedded import EmbeddedStack, free_port
+from shared.embedded import EmbeddedStack, free_port, free_ports
 from shared.settings import KafkaSettings
 from tests.faults.harness import QUEUED, RETRIES_S, Desk, Publisher, System, all_delivered
 from tests.support import ADMIN_TOKEN, admin_headers, children_of, eventually
@@ -35,7 +35,9 @@ async def switchboard_up(home: Path) -> AsyncIterator[tuple[System, subprocess.P
     """`switchboard up` on free ports, its terminal written to ``home``/terminal.log, with
     a desk subscribed to every queued item and a publisher key."""
     local = LocalSettings.model_validate(
-        {"home": home} | {f"{name}_port": free_port() for name in PORTS}
+        {"home": home}
+        | {f"{name}_port": free_port() for name in PORTS}
+        | {"store_port": free_ports(len(SERVICES))}  # a store per service, one after another
     )
     # A known admin token: `up` keeps the one its credentials file holds.
     write_credentials(local.credentials_file, {"SWITCHBOARD_AUTH_ADMIN_TOKEN": ADMIN_TOKEN})
@@ -89,8 +91,8 @@ async def started(process: subprocess.Popen[bytes], local: LocalSettings) -> boo
 
 
 def pid_of(up: subprocess.Popen[bytes], child: str) -> int | None:
-    """The process of ``child`` (a service, ``broker`` or ``store``) under `switchboard
-    up`, if one runs."""
+    """The process of ``child`` (a service, ``broker`` or ``store-<service>``) under
+    `switchboard up`, if one runs."""
     for pid in children_of(up.pid):
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -104,8 +106,9 @@ def pid_of(up: subprocess.Popen[bytes], child: str) -> int | None:
 def child_named(args: list[bytes], child: str) -> bool:
     if child == "broker":
         return args[1:2] == [b"broker"]
-    if child == "store":
-        return any(arg.endswith(b"nx-27017") for arg in args[:2])
+    if child.startswith("store-"):  # a service's store, its files in a folder of that name
+        is_store = any(arg.endswith(b"nx-27017") for arg in args[:2])
+        return is_store and any(arg.endswith(f"/{child}".encode()) for arg in args)
     return args[-2:] == [b"serve", child.encode()]
 
 
@@ -163,12 +166,13 @@ async def test_each_service_killed_under_switchboard_up_comes_back_and_nothing_i
 async def test_the_store_killed_under_switchboard_up_comes_back_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
-    """The store keeps its files: what was stored before is there when it is back. (The
-    broker's restart, which empties it, is the fault suite's.)"""
+    """A store keeps its files: what was stored before is there when it is back. The
+    router's, whose items and agents' capacity decide every offer. (The broker's
+    restart, which empties it, is the fault suite's.)"""
     async with switchboard_up(tmp_path / "home") as (system, up):
         publisher = Publisher(system, "local-stack-parts")
         await publisher.post(range(BATCH))
-        await kill_and_see_it_back(system, up, "store")
+        await kill_and_see_it_back(system, up, "store-router")
         await publisher.post(range(BATCH, 2 * BATCH))
 
         await all_delivered(system, set(publisher.ids.values()), timeout_s=180)

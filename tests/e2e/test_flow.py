@@ -21,7 +21,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from shared.cli import SERVICES, LocalSettings, read_credentials
-from shared.embedded import free_port
+from shared.embedded import free_port, free_ports
 from tests.support import at_least, children_of, eventually, receiving
 
 PORTS = ("broker", "store", "ingest", "enrich", "router", "notify", "desk")
@@ -55,6 +55,7 @@ def alive(pid: int) -> bool:
 def system(tmp_path: Path) -> Iterator[System]:
     env = dict(os.environ, SWITCHBOARD_HOME=str(tmp_path / "home"))
     env.update({f"SWITCHBOARD_{name.upper()}_PORT": str(free_port()) for name in PORTS})
+    env["SWITCHBOARD_STORE_PORT"] = str(free_ports(len(SERVICES)))  # a store per service
     # The test's own webhook receiver listens on a free port, not the sample desk's.
     env["SWITCHBOARD_NOTIFY_ALLOW_HOSTS"] = '["127.0.0.1"]'
     process = subprocess.Popen(
@@ -171,7 +172,7 @@ async def test_one_mention_becomes_one_signed_offer_and_ctrl_c_stops_everything(
     assert journey["steps"][2]["tier"] == "platinum"
 
     children = children_of(system.process.pid)
-    assert len(children) == 7  # broker, store, four services, desk
+    assert len(children) == 10  # broker, a store per service, four services, desk
     os.killpg(system.process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
     assert system.process.wait(timeout=60) == 0
     assert [pid for pid in children if alive(pid)] == []

@@ -12,7 +12,9 @@ from shared.app import Runtime, service_app
 def create_app(settings: RouterSettings) -> FastAPI:
     runtime = Runtime.create("router", settings)
     repository = RouterRepository(runtime.db)
-    service = RouterService(repository, runtime.outbox, settings.kafka.topics, settings)
+    service = RouterService(
+        repository, runtime.outbox, runtime.emitter, settings.kafka.topics, settings
+    )
     runtime.consume(
         settings.kafka.topics.enriched, stream.enriched_handler(service, runtime.metrics)
     )

@@ -27,6 +27,7 @@ from services.router.decisions import (
 )
 from services.router.policy import DEFAULT_POLICY, Decision, Policy, PolicyIn
 from services.router.repository import CANDIDATES_READ, QueueCounts, RouterRepository, owed_by
+from shared.emit import Emitter
 from shared.events import (
     SLA_BREACHED,
     Assignment,
@@ -89,13 +90,14 @@ class ActionRefused(Exception):
 
 @dataclass
 class Writes:
-    """What placing items owes besides the items themselves: outbox events and decision
-    steps, written together by ``flush``. A crash before it loses nothing that matters: a
+    """What placing items owes besides the items themselves: events and decision steps,
+    written together by ``flush``. A crash before it loses nothing that matters: a
     redelivered item is found stored, and its offer event is owed again."""
 
     events: list[OutboxEntry] = field(default_factory=list)
     steps: list[Document] = field(default_factory=list)
-    # Items whose owing change is written: settled once their events are in the outbox.
+    # Items whose owing change is written: settled once their events are sent or in the
+    # outbox.
     owing: list[Document] = field(default_factory=list)
     # The agents as the decision steps describe them: read once, then kept up to date
     # with this process's own reservations.
@@ -274,11 +276,13 @@ class RouterService:
         self,
         repository: RouterRepository,
         outbox: Outbox,
+        emitter: Emitter,
         topics: Topics,
         settings: RouterSettings,
     ) -> None:
         self.repository = repository
-        self.outbox = outbox
+        self.outbox = outbox  # events of changes a request or a timer makes
+        self.emitter = emitter  # events of the consumer's placing (see shared.emit)
         self.topics = topics
         self.settings = settings
         self.policy = Policy(DEFAULT_POLICY, version=1)
@@ -424,7 +428,7 @@ class RouterService:
                     await self.wait_in_queue(item, writes)
                 else:
                     await self.place(item, item["_id"] in fresh, writes)
-        await self.flush(writes)
+        await self.flush(writes, consumed=True)
 
     async def offer_together(
         self, items: Sequence[Document], writes: Writes
@@ -510,9 +514,17 @@ class RouterService:
             writes.agents = await self.repository.candidate_agents()
         return writes.agents
 
-    async def flush(self, writes: Writes) -> None:
-        """Events first: a crash before the steps loses explanation, never an event."""
-        await self.outbox.add(writes.events + self.owed_events(writes.owing))
+    async def flush(self, writes: Writes, consumed: bool = False) -> None:
+        """Events first: a crash before the steps loses explanation, never an event.
+        Placing what the consumer took (``consumed``) sends them straight to the broker:
+        the offsets are committed after, and a redelivery finds its items stored and owes
+        their events again. A drain's offers, which no redelivery makes again, go through
+        the outbox."""
+        events = writes.events + self.owed_events(writes.owing)
+        if consumed:
+            await self.emitter.emit(events)
+        else:
+            await self.outbox.add(events)
         await self.repository.settle(writes.owing)
         await self.repository.record_steps(writes.steps)
 

@@ -1,4 +1,4 @@
-"""Router's consumer: enriched interactions in, assignment events (via the outbox) out."""
+"""Router's consumer: enriched interactions in, assignment events out."""
 
 from __future__ import annotations
 

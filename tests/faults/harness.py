@@ -93,17 +93,29 @@ class System:
     desk: Desk
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     publisher_key: str = ""
+    replica_ports: dict[str, int] = field(default_factory=dict)  # further replicas' APIs
 
-    def url(self, service: str) -> str:
-        return self.local.url(service)
+    def url(self, name: str) -> str:
+        """The API of a service, or of a further replica of one (by its name)."""
+        if name in self.replica_ports:
+            return f"http://127.0.0.1:{self.replica_ports[name]}"
+        return self.local.url(name)
 
-    def start(self, service: str) -> None:
-        log = (self.home / f"{service}.log").open("ab")
-        self.processes[service] = subprocess.Popen(  # noqa: S603
+    def start(self, service: str, replica: str | None = None) -> None:
+        """Start ``service``, or a further replica of it named ``replica``: the same
+        consumer group and database, an API port and scratch folder of its own."""
+        name = replica or service
+        env = self.env | {"SWITCHBOARD_MONGO_URL": self.local.store_url_of(service)}
+        if replica is not None:
+            prefix = f"SWITCHBOARD_{service.upper()}_"
+            env[f"{prefix}PORT"] = str(self.replica_ports.setdefault(replica, free_port()))
+            env[f"{prefix}DATA_DIR"] = str(self.home / f"run-{replica}")
+        log = (self.home / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "shared.cli", "serve", service],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env | {"SWITCHBOARD_MONGO_URL": self.local.store_url_of(service)},
+            env=env,
         )
 
     def kill(self, service: str) -> None:

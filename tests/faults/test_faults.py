@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from shared.embedded import EmbeddedStack, free_port
-from tests.faults.harness import SCALE, Publisher, all_delivered, running
+from shared.events import INTERACTION_ENRICHED, INTERACTION_RECEIVED
+from tests.faults.harness import QUEUED, SCALE, Publisher, all_delivered, running
 from tests.support import eventually
 
 COUNT = 2_000 * SCALE
+INPUTS = (INTERACTION_RECEIVED, INTERACTION_ENRICHED, QUEUED)  # enrich's, router's, notify's
 
 pytestmark = pytest.mark.timeout(300 * SCALE)
 
@@ -41,6 +43,50 @@ async def test_a_service_killed_mid_stream_loses_and_doubles_nothing(
         await system.ready(victim)
         await posting
 
+        assert len(set(publisher.ids.values())) == COUNT, "two mentions were given one id"
+        await all_delivered(system, set(publisher.ids.values()))
+
+
+async def test_a_second_replica_of_each_stage_killed_mid_stream_loses_and_doubles_nothing(
+    stack: EmbeddedStack, namespace: str, tmp_path: Path
+) -> None:
+    """Enrich, the router and notify with two replicas each, sharing their partitions
+    (and notify its deliveries); one replica of each killed at once while posts come in:
+    the survivors take over their partitions and leases."""
+    stages = ("enrich", "router", "notify")
+    async with running(stack, namespace, tmp_path) as system:
+        for stage in stages:
+            system.start(stage, replica=f"{stage}-2")
+        await system.ready(*(f"{stage}-2" for stage in stages))
+        topics = system.kafka.topics
+        inputs = (topics.received, topics.enriched, topics.assignments)
+
+        async def sharing_their_input() -> bool:  # ready is the API; the group joins after
+            held = [
+                await system.metric(name, f"switchboard_{stage}_partitions_assigned", topic=topic)
+                for stage, topic in zip(stages, inputs, strict=True)
+                for name in (stage, f"{stage}-2")
+            ]
+            return all(n > 0 for n in held)
+
+        await eventually(sharing_their_input, timeout_s=90, interval_s=0.2)
+        publisher = Publisher(system, namespace)
+        posting = asyncio.create_task(publisher.post(range(COUNT)))
+
+        async def each_replica_at_work() -> bool:  # each took in some of its stage's input
+            took = [
+                await system.metric(f"{stage}-2", f"switchboard_{stage}_events_in_total", type=t)
+                for stage, t in zip(stages, INPUTS, strict=True)
+            ]
+            return all(n > 0 for n in took)
+
+        await eventually(each_replica_at_work, timeout_s=90, interval_s=0.2)
+        for stage in stages:
+            system.kill(f"{stage}-2")
+        at_desk = len(system.desk.interactions())
+        await posting
+
+        assert at_desk < COUNT, f"everything was at the desk ({at_desk}) before the kills"
         assert len(set(publisher.ids.values())) == COUNT, "two mentions were given one id"
         await all_delivered(system, set(publisher.ids.values()))
 

@@ -202,9 +202,19 @@ async def test_redelivered_event_makes_one_offer(router: Router) -> None:
     item = enriched()
 
     await router.send(item, item)
-    offers = await router.offers(1, settle_s=2.0)
+    # In one batch, one offer; in two, the second sends the same offer again, same id.
+    offers = await read_topic(
+        router.settings.kafka,
+        router.settings.kafka.topics.assignments,
+        Assignment,
+        1,
+        settle_s=2.0,
+    )
 
-    assert [o.interaction_id for o in offers] == [item.interaction.id]
+    assert {(event.id, event.data.interaction_id) for _, event in offers} == {
+        (offers[0][1].id, item.interaction.id)
+    }
+    assert await router.item_state(item.interaction.id) == "offered"
 
 
 async def test_an_event_redelivered_later_offers_nothing_more_and_holds_no_capacity(

@@ -8,10 +8,8 @@ before the commit replays the input, which stores nothing twice and sends the sa
 events again, which consumers downstream drop by event id. Nothing is lost, and in
 effect nothing is doubled, for one store write fewer per event than an outbox costs.
 
-A producer that lost its connection is replaced (see ``kafka._retire_on_lost_connection``),
-and a new one sends only once the topics it writes to exist: a broker that restarted
-empty would take records for a topic it does not have, and its offsets would start again
-over them once the topic is made.
+Its producer is a ``kafka.LazyProducer``: replaced after a failure that may have retired
+it, and handed out only once the topics it writes to exist.
 
 An event the broker refuses for good (too large for it, a topic it will never take)
 raises ``OutputRefused``, which is no outage: the consumer's retries then single out the
@@ -28,38 +26,25 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shared.events import CloudEvent, encode
-from shared.kafka import (
-    OutputRefused,
-    check_topic_name,
-    ensure_topics,
-    refused_for_good,
-    started_producer,
-)
-from shared.logging import get_logger
+from shared.kafka import LazyProducer, OutputRefused, check_topic_name, refused_for_good
 from shared.metrics import ServiceMetrics
 from shared.settings import KafkaSettings
 
-log = get_logger(__name__)
-
 Output = tuple[str, str, CloudEvent[Any]]  # topic, key, event
-STOP_WAIT_S = 5.0  # a producer stop that hangs (aio-libs/aiokafka#1101) is given up on
 
 
 class Emitter:
     """One producer per service for the events its consumers derive (see above)."""
 
     def __init__(self, settings: KafkaSettings, metrics: ServiceMetrics) -> None:
-        self.settings = settings
         self.metrics = metrics
-        self._producer: AIOKafkaProducer | None = None
-        self._topics_there: set[str] = set()  # known to exist since the producer started
-        self._starting = asyncio.Lock()
+        self._producer = LazyProducer(settings)
 
     async def emit(self, outputs: Sequence[Output]) -> None:
         """Send ``outputs`` in order and wait until the broker acknowledged all of them."""
         if not outputs:
             return
-        producer = await self._started({topic for topic, _, _ in outputs})
+        producer = await self._producer.ready({topic for topic, _, _ in outputs})
         try:
             deliveries = [await self._send(producer, *output) for output in outputs]
             await asyncio.gather(*deliveries)
@@ -82,21 +67,5 @@ class Emitter:
         )
         return delivery
 
-    async def _started(self, topics: set[str]) -> AIOKafkaProducer:
-        async with self._starting:
-            if self._producer is None:
-                self._topics_there.clear()
-                self._producer = await started_producer(self.settings)
-            if missing := topics - self._topics_there:
-                await ensure_topics(self.settings, sorted(missing))
-                self._topics_there |= missing
-            return self._producer
-
     async def close(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            await asyncio.wait_for(producer.stop(), STOP_WAIT_S)
-        except TimeoutError:
-            log.warning("emitter's producer did not stop in time; left behind")
+        await self._producer.drop()

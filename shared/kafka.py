@@ -151,6 +151,41 @@ async def started_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return producer
 
 
+class LazyProducer:
+    """A producer made at its first use, and again after a failure that may have retired
+    it (see ``_retire_on_lost_connection``: call ``drop``). It is handed out only once the
+    topics it writes to exist: a broker that restarted empty would take records for a
+    topic it does not have, and start the topic's offsets again over them once made."""
+
+    def __init__(self, settings: KafkaSettings, stop_wait_s: float = 5.0) -> None:
+        self.settings = settings
+        self.stop_wait_s = stop_wait_s  # a stop that hangs (aio-libs/aiokafka#1101)
+        self._producer: AIOKafkaProducer | None = None
+        self._topics_there: set[str] = set()  # known to exist since it started
+        self._starting = asyncio.Lock()
+
+    async def ready(self, topics: Iterable[str]) -> AIOKafkaProducer:
+        async with self._starting:
+            if self._producer is None:
+                self._topics_there.clear()
+                self._producer = await started_producer(self.settings)
+            if missing := set(topics) - self._topics_there:
+                await ensure_topics(self.settings, sorted(missing))
+                self._topics_there |= missing
+            return self._producer
+
+    async def drop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), self.stop_wait_s)
+        except TimeoutError:
+            log.warning("producer did not stop in time; left behind")
+        except Exception as exc:
+            log.info("producer stopped with an error", error=repr(exc))
+
+
 _LOST = (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT)
 
 # Refusals of a record or of its topic as such (by the broker, or by the producer before
@@ -697,7 +732,7 @@ class DeadLetters:
         self.metrics = metrics
         self.consumer = consumer
         self.topic = settings.topics.consumed_dead
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = LazyProducer(settings)
 
     async def until_sent(self, raw: RawEvent, reason: str, kind: str) -> None:
         """Send ``raw`` to the dead-letter topic, retrying until the broker acknowledged it:
@@ -708,14 +743,13 @@ class DeadLetters:
             try:
                 await self.send(raw if whole else _value_left_out(raw), reason)
                 break
-            except TOO_LARGE as exc:
-                if not whole:
-                    raise
-                # The record and the headers added to it are more than the broker takes:
-                # it goes without its value, which stays on its topic at the offset named.
-                log.warning("dead letter too large: sent without its value", error=repr(exc))
-                whole = False
             except (KafkaError, OSError, TimeoutError) as exc:
+                if whole and isinstance(exc, TOO_LARGE):
+                    # The record and the headers added are more than the broker takes: it
+                    # goes without its value, which stays on its topic at the offset named.
+                    log.warning("dead letter too large: sent without its value", error=repr(exc))
+                    whole = False
+                    continue
                 # Refused for good too (a topic or ACL missing): the partition waits, and
                 # its lag shows, until an operator fixes it; the record is never skipped.
                 level = log.error if refused_for_good(exc) else log.warning
@@ -743,7 +777,7 @@ class DeadLetters:
             (DEAD_CONSUMER, self.consumer.encode()),
             (DEAD_AT, utcnow().isoformat().encode()),
         ]
-        producer = await self._connected()
+        producer = await self._producer.ready([self.topic])
         try:
             delivery = await producer.send(
                 self.topic, raw.value, key=raw.key or None, headers=headers
@@ -753,18 +787,8 @@ class DeadLetters:
             await self.close()  # it may be retired (a lost connection): make a new one
             raise
 
-    async def _connected(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            # As the relay does: a broker that lost its topics gets them back first.
-            await ensure_topics(self.settings, [self.topic])
-            self._producer = await started_producer(self.settings)
-        return self._producer
-
     async def close(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 5.0)
+        await self._producer.drop()
 
 
 def _value_left_out(raw: RawEvent) -> RawEvent:

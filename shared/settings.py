@@ -42,10 +42,9 @@ class KafkaSettings(BaseSettings):
     # wakes every such interval even when idle, and a fuller batch is one write, not many.
     background_batch_within_s: float = Field(default=0.25, gt=0)
     # How long the broker may hold a fetch with nothing to return. The embedded broker
-    # hands a record that arrives meanwhile over late, about a fifth of this wait (at 20,
-    # 50 and 100 ms: 4, 9 and 25 ms per hop at p50), and each consumer's idle fetching
-    # costs it CPU: 50 ms was cheaper than 20 with no slower answers end to end. Kafka
-    # answers as soon as records arrive (500 ms is its default, and the manifests').
+    # hands a record that arrives meanwhile over late, in proportion to this wait, and
+    # each consumer's idle fetching costs it CPU; 50 ms weighs the two (bench/HISTORY.md).
+    # Kafka answers as soon as records arrive (500 ms is its default, and the manifests').
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     # The largest record the brokers take (their topics' max.message.bytes, Kafka's
     # default); a producer refuses bigger ones, so input that would make one is refused.

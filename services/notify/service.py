@@ -265,10 +265,9 @@ class NotifyService:
         self.wakeup = asyncio.Event()
         self.subscriptions = Subscriptions(repository, settings.subscriptions_max_age_s)
         # Room for many claims' worth: a burst that overflows it is stored due and claimed
-        # back from the store, a lease update and a find more per delivery. At 32 per
-        # worker, against 4, the bench's full load stored a fifth fewer documents in
-        # notify and went through about a tenth faster; at 128 no faster. What waits here
-        # past ``hand_over_wait_s`` goes back to the store: a large room holds none long.
+        # back from the store, a lease update and a find more per delivery (its size is
+        # measured in bench/HISTORY.md). What waits here past ``hand_over_wait_s`` goes
+        # back to the store: a large room holds none long.
         self.fresh = FreshDeliveries(
             HAND_OVER_ROOM_PER_WORKER * settings.max_concurrent_deliveries, uuid.uuid4().hex
         )

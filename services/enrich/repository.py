@@ -17,7 +17,7 @@ re-keying is finished by the next start.
 A post counts once in its author's history however often it is delivered: the profile's
 update carries the post's id, conditioned on its absence among the latest ids the profile
 keeps (one atomic write, whatever else runs). A redelivery that comes after more than that
-many later posts of its author counts again (see the README's limits).
+many later posts of its author counts again (see docs/limits.md).
 
 The store has no multi-document transactions, so a merge marks both profiles (field
 ``merging``, and when in ``merging_since``) before it writes, and each of its writes is
